@@ -1,0 +1,405 @@
+"""scale_by_random_bases / rbd / fpd against explicit dense references."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import random_bases as rb
+
+import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_params():
+  # Pytree order: dense/bias (3), dense/kernel (4x3), out/bias (2), out/kernel (3x2).
+  return {
+      "dense": {"kernel": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3),
+                "bias": jnp.array([0.1, -0.2, 0.3])},
+      "out": {"kernel": jnp.linspace(0.5, -0.5, 6).reshape(3, 2),
+              "bias": jnp.array([0.05, 0.0])},
+  }
+
+
+def make_grad(seed=0):
+  leaves, treedef = jax.tree.flatten(make_params())
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return treedef.unflatten([jax.random.normal(k, x.shape)
+                            for k, x in zip(keys, leaves)])
+
+
+def loss_fn(params):
+  x = jnp.linspace(-1.0, 1.0, 20).reshape(5, 4)
+  h = jnp.tanh(x @ params["dense"]["kernel"] + params["dense"]["bias"])
+  y = h @ params["out"]["kernel"] + params["out"]["bias"]
+  return jnp.mean((y - 0.3) ** 2) + 0.1 * jnp.sum(params["dense"]["kernel"] ** 3)
+
+
+PATHS = ["dense/bias", "dense/kernel", "out/bias", "out/kernel"]
+SIZES = {"dense/bias": 3, "dense/kernel": 12, "out/bias": 2, "out/kernel": 6}
+
+
+def leaf(tree, path):
+  a, b = path.split("/")
+  return np.ravel(np.asarray(tree[a][b], np.float64))
+
+
+def expected_update(g, groups, dims, *, seed=0, step=0, worker=0, **basis_kw):
+  """Block-diagonal P P^T g built by hand.
+
+  groups: list of compartments, each a list of leaf paths in order, or for
+  even slices the string "slices:K".
+  """
+  if isinstance(groups, str):
+    k = int(groups.split(":")[1])
+    flat = np.concatenate([leaf(g, p) for p in PATHS])
+    bounds = np.cumsum([0] + [len(flat) // k + (i < len(flat) % k) for i in range(k)])
+    out = np.zeros_like(flat)
+    for c in range(k):
+      lo, hi = bounds[c], bounds[c + 1]
+      p = reference.dense_basis(seed, step, worker, c, dims[c], hi - lo, **basis_kw)
+      out[lo:hi] = p @ (p.T @ flat[lo:hi])
+    return dict(zip(PATHS, np.split(out, np.cumsum([SIZES[p] for p in PATHS])[:-1])))
+  result = {}
+  for c, paths in enumerate(groups):
+    v = np.concatenate([leaf(g, p) for p in paths])
+    p = reference.dense_basis(seed, step, worker, c, dims[c], len(v), **basis_kw)
+    u = p @ (p.T @ v)
+    for path, piece in zip(paths, np.split(u, np.cumsum([SIZES[q] for q in paths])[:-1])):
+      result[path] = piece
+  return result
+
+
+def assert_update_matches(update, want, rtol=2e-5, atol=2e-6):
+  for path in PATHS:
+    np.testing.assert_allclose(leaf(update, path), want[path], rtol=rtol, atol=atol)
+
+
+CASES = [
+    # (compartments, d, allocation, groups, dims)
+    (None, 5, "proportional", [PATHS], [5]),
+    (3, 6, "proportional", "slices:3", [2, 2, 2]),
+    ("leaf", 2, "fixed", [[p] for p in PATHS], [2, 2, 2, 2]),
+    ("module", 4, "fixed", [PATHS[:2], PATHS[2:]], [4, 4]),
+    ("leaf", 8, "proportional", [[p] for p in PATHS], [1, 4, 1, 2]),
+    ((r"bias", r".*"), (3, 5), "proportional",
+     [["dense/bias", "out/bias"], ["dense/kernel", "out/kernel"]], [3, 5]),
+    ("leaf", 2.0, "compression", [[p] for p in PATHS], [10, 10, 10, 10]),
+]
+
+
+@pytest.mark.parametrize("compartments,d,allocation,groups,dims", CASES)
+def test_update_equals_dense_projection(compartments, d, allocation, groups, dims):
+  tx = rb.scale_by_random_bases(d, seed=4, compartments=compartments,
+                                allocation=allocation, block_rows=3)
+  g = make_grad()
+  state = tx.init(make_params())
+  update, state = tx.update(g, state)
+  assert_update_matches(update, expected_update(g, groups, dims, seed=4))
+  # The next step uses the step-1 bases.
+  update, _ = tx.update(g, state)
+  assert_update_matches(update, expected_update(g, groups, dims, seed=4, step=1))
+
+
+@pytest.mark.parametrize("distribution", rb.DISTRIBUTIONS)
+@pytest.mark.parametrize("normalize", ["norm", "expected"])
+def test_distributions_and_scalings_match_dense(distribution, normalize):
+  tx = rb.scale_by_random_bases(6, seed=1, distribution=distribution,
+                                normalize=normalize)
+  g = make_grad(1)
+  update, _ = tx.update(g, tx.init(g))
+  assert_update_matches(update, expected_update(
+      g, [PATHS], [6], seed=1, distribution=distribution, normalize=normalize))
+
+
+def test_unnormalised_update_is_divided_by_d():
+  tx = rb.scale_by_random_bases(6, seed=1, normalize=False)
+  g = make_grad(1)
+  update, _ = tx.update(g, tx.init(g))
+  want = expected_update(g, [PATHS], [6], seed=1, normalize="none")
+  assert_update_matches(update, {p: v / 6 for p, v in want.items()}, rtol=1e-4)
+
+
+def test_update_is_linear_in_the_gradient():
+  tx = rb.scale_by_random_bases(7, seed=2)
+  g1, g2 = make_grad(1), make_grad(2)
+  state = tx.init(g1)
+  combo = jax.tree.map(lambda a, b: 2.0 * a - 3.0 * b, g1, g2)
+  u1, u2, u12 = (reference.flat(tx.update(g, state)[0]) for g in (g1, g2, combo))
+  np.testing.assert_allclose(u12, 2.0 * u1 - 3.0 * u2, rtol=1e-5, atol=1e-5)
+
+
+def updates_of_random_gradients(tx, state, count, seed=0):
+  keys = jax.random.split(jax.random.key(seed), count)
+  grads = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), make_grad())
+           for k in keys]
+  update = jax.jit(tx.update)
+  return np.stack([reference.flat(update(g, state)[0]) for g in grads])
+
+
+def rank(matrix):
+  s = np.linalg.svd(matrix, compute_uv=False)
+  return int(np.sum(s > 1e-4 * s[0]))
+
+
+def test_subspace_rank_redraw_and_fixed():
+  d = 4
+  for transform, union_rank in ((rb.scale_by_random_bases(d, seed=0), 2 * d),
+                                (rb.scale_by_random_bases(d, seed=0, redraw=False), d)):
+    state0 = transform.init(make_params())
+    _, state1 = transform.update(make_grad(), state0)
+    step0 = updates_of_random_gradients(transform, state0, 12)
+    step1 = updates_of_random_gradients(transform, state1, 12, seed=1)
+    assert rank(step0) == d and rank(step1) == d
+    assert rank(np.concatenate([step0, step1])) == union_rank
+
+
+def test_expected_update_is_proportional_to_gradient():
+  # E[phi phi^T] = I / D for unit directions with i.i.d. symmetric entries,
+  # so E[P P^T g] = (d / D) g.
+  g = make_grad(3)
+  D, d, steps = 23, 3, 1500
+  tx = jax.jit(rb.scale_by_random_bases(d, seed=9).update)
+  total = np.zeros(D)
+  state = rb.ScaleByRandomBasesState(count=jnp.zeros([], jnp.int32))
+  for _ in range(steps):
+    update, state = tx(g, state)
+    total += reference.flat(update)
+  mean, gf = total / steps, reference.flat(g)
+  cosine = mean @ gf / np.linalg.norm(mean) / np.linalg.norm(gf)
+  assert cosine > 0.97
+  np.testing.assert_allclose(np.linalg.norm(mean) / np.linalg.norm(gf), d / D, rtol=0.1)
+
+
+@pytest.mark.parametrize("compartments", [None, 2, "module"])
+def test_forward_mode_equals_reverse_mode(compartments):
+  params = make_params()
+  tx = rb.scale_by_random_bases(5, seed=3, compartments=compartments,
+                                allocation="fixed")
+  state = tx.init(params)
+  reverse, _ = tx.update(jax.grad(loss_fn)(params), state, params)
+  forward, _ = tx.update(None, state, params, value_fn=loss_fn)
+  np.testing.assert_allclose(reference.flat(forward), reference.flat(reverse),
+                             rtol=1e-5, atol=1e-6)
+
+
+def test_jit_equals_eager_and_block_size_is_only_a_schedule():
+  g = make_grad(4)
+  results = []
+  for rows in (None, 1, 4, 9):
+    tx = rb.scale_by_random_bases(9, seed=5, block_rows=rows)
+    state = tx.init(g)
+    results.append(reference.flat(tx.update(g, state)[0]))
+    results.append(reference.flat(jax.jit(tx.update)(g, state)[0]))
+  for r in results[1:]:
+    np.testing.assert_allclose(r, results[0], rtol=1e-5, atol=1e-7)
+
+
+def test_fixed_seed_gives_fixed_checksum_in_fresh_process():
+  script = textwrap.dedent("""
+      import jax, jax.numpy as jnp, random_bases as rb
+      params = {"w": jnp.linspace(-1.0, 1.0, 1000).reshape(10, 100),
+                "b": jnp.linspace(0.0, 1.0, 10)}
+      tx = rb.rbd(0.5, 64, seed=1234, compartments="leaf", allocation="proportional")
+      state = tx.init(params)
+      for _ in range(3):
+        updates, state = jax.jit(tx.update)(params, state)
+      weights = jnp.arange(1, 1011, dtype=jnp.float32)
+      flat = jnp.concatenate([updates["b"], updates["w"].ravel()])
+      print(repr(float(jnp.dot(flat, weights))), repr(float(jnp.sum(flat ** 2))))
+  """)
+  out = subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT,
+                       capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout.split()
+  # Golden values recorded when this test was written (jax 0.10.2, CPU).
+  np.testing.assert_allclose([float(v) for v in out], GOLDEN_CHECKSUM, rtol=1e-5)
+
+
+GOLDEN_CHECKSUM = [-5444.53955078125, 4.7313714027404785]
+
+
+def test_composes_with_clipping_and_schedules():
+  g = make_grad(5)
+  schedule = optax.exponential_decay(0.5, transition_steps=1, decay_rate=0.5)
+  tx = optax.chain(optax.clip_by_global_norm(0.1), rb.rbd(schedule, 4, seed=7))
+  state = tx.init(make_params())
+  clipped = jax.tree.map(lambda x: x * 0.1 / optax.tree.norm(g), g)
+  for step, lr in enumerate((0.5, 0.25)):
+    update, state = jax.jit(tx.update)(g, state, make_params())
+    want = expected_update(clipped, [PATHS], [4], seed=7, step=step)
+    assert_update_matches(update, {p: -lr * v for p, v in want.items()})
+
+
+def test_adam_on_top_sees_the_projected_gradient():
+  g = make_grad(6)
+  tx = optax.chain(rb.scale_by_random_bases(4, seed=8), optax.adam(1e-2))
+  adam = optax.adam(1e-2)
+  state, adam_state = tx.init(g), adam.init(g)
+  for step in range(3):
+    update, state = tx.update(g, state)
+    projected = expected_update(g, [PATHS], [4], seed=8, step=step)
+    projected_tree = jax.tree.map(lambda x: x, g)
+    for path in PATHS:
+      a, b = path.split("/")
+      projected_tree[a][b] = jnp.asarray(projected[path], jnp.float32).reshape(g[a][b].shape)
+    want, adam_state = adam.update(projected_tree, adam_state)
+    np.testing.assert_allclose(reference.flat(update), reference.flat(want),
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_partitioned_with_multi_transform():
+  g = make_grad(7)
+  labels = {"dense": {"kernel": "rbd", "bias": "rbd"},
+            "out": {"kernel": "sgd", "bias": "sgd"}}
+  tx = optax.multi_transform({"rbd": rb.rbd(1.0, 3, seed=2), "sgd": optax.sgd(1.0)},
+                             labels)
+  update, _ = tx.update(g, tx.init(make_params()), make_params())
+  # rbd saw only the dense leaves: a 15-dimensional basis over them.
+  want = expected_update(g, [["dense/bias", "dense/kernel"]], [3], seed=2)
+  for path in ("dense/bias", "dense/kernel"):
+    np.testing.assert_allclose(leaf(update, path), -want[path], rtol=2e-5, atol=1e-6)
+  for path in ("out/bias", "out/kernel"):
+    np.testing.assert_allclose(leaf(update, path), -leaf(g, path), rtol=1e-6)
+
+
+def test_bfloat16_leaves():
+  params = {"a": jnp.ones((50,), jnp.bfloat16), "b": jnp.ones((30,), jnp.float32)}
+  g = {"a": jnp.linspace(-1, 1, 50).astype(jnp.bfloat16),
+       "b": jnp.linspace(1, 2, 30)}
+  tx = rb.rbd(0.1, 8, seed=0)
+  update, _ = jax.jit(tx.update)(g, tx.init(params), params)
+  assert update["a"].dtype == jnp.bfloat16 and update["b"].dtype == jnp.float32
+  p = reference.dense_basis(0, 0, 0, 0, 8, 80)
+  gf = np.concatenate([np.asarray(g["a"], np.float64), np.asarray(g["b"], np.float64)])
+  want = -0.1 * p @ (p.T @ gf)
+  np.testing.assert_allclose(np.asarray(update["a"], np.float64), want[:50], atol=2e-3)
+  np.testing.assert_allclose(np.asarray(update["b"]), want[50:], rtol=1e-4, atol=1e-6)
+  new = optax.apply_updates(params, update)
+  assert new["a"].dtype == jnp.bfloat16
+
+
+def test_memory_does_not_grow_with_d():
+  D, d = 100_000, 4096
+  tx = rb.scale_by_random_bases(d)
+  g = {"w": jax.ShapeDtypeStruct((D,), jnp.float32)}
+  state = rb.ScaleByRandomBasesState(count=jax.ShapeDtypeStruct((), jnp.int32))
+  compiled = jax.jit(tx.update).lower(g, state).compile()
+  temp = compiled.memory_analysis().temp_size_in_bytes
+  assert temp < 64 * 2**20, temp
+  # A quarter of the directions needs the same scratch space.
+  small = jax.jit(rb.scale_by_random_bases(d // 4).update).lower(g, state).compile()
+  assert temp <= 1.1 * small.memory_analysis().temp_size_in_bytes
+
+
+def test_workers_exchange_coordinates_and_apply_the_same_update():
+  K, d = 4, 3
+  grads = [make_grad(10 + w) for w in range(K)]
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
+  tx = rb.scale_by_random_bases(d, seed=6, axis_name="workers")
+  state = tx.init(make_params())
+  updates, _ = jax.vmap(lambda g: tx.update(g, state), axis_name="workers")(stacked)
+  want = sum(np.concatenate([expected_update(grads[w], [PATHS], [d], seed=6,
+                                             worker=w)[p] for p in PATHS])
+             for w in range(K))
+  for w in range(K):
+    got = np.concatenate([leaf(jax.tree.map(lambda x: x[w], updates), p) for p in PATHS])
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
+
+
+def test_one_and_eight_devices_give_the_same_trajectory():
+  script = textwrap.dedent("""
+      import jax, jax.numpy as jnp, numpy as np, optax, random_bases as rb
+      from jax.sharding import Mesh, PartitionSpec as P
+      K = 8
+      X = jax.random.normal(jax.random.key(0), (K, 16, 5))
+      Y = jnp.sin(X.sum(-1))
+      params = {"w": jnp.zeros((5, 7)), "v": jnp.zeros((7,))}
+      def loss(p, x, y):
+        return jnp.mean((jnp.tanh(x @ p["w"] + 0.1) @ p["v"] - y) ** 2)
+      tx = rb.rbd(0.5, 6, seed=3, axis_name="workers", compartments="leaf",
+                  allocation="fixed")
+      def step(p, s, x, y):
+        g = jax.grad(loss)(p, x, y)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+      def run(mapped):
+        p, s = params, tx.init(params)
+        traj = []
+        for t in range(5):
+          p, s = mapped(p, s, X, Y)
+          traj.append(np.concatenate([np.ravel(p["v"]), np.ravel(p["w"])]))
+        return np.stack(traj)
+      one = jax.jit(jax.vmap(step, in_axes=(None, None, 0, 0), out_axes=None,
+                             axis_name="workers"))
+      mesh = Mesh(np.array(jax.devices()), ("workers",))
+      many = jax.jit(jax.shard_map(
+          lambda p, s, x, y: step(p, s, x[0], y[0]), mesh=mesh,
+          in_specs=(P(), P(), P("workers"), P("workers")), out_specs=(P(), P()),
+          check_vma=False))
+      a, b = run(one), run(many)
+      # The workers' only collective: one all-gather of K x d coordinates.
+      hlo = many.lower(params, tx.init(params), X, Y).as_text()
+      assert hlo.count('stablehlo.all_gather"') == 1 and "tensor<8x12xf32>" in hlo, hlo
+      assert "all_reduce" not in hlo and "reduce_scatter" not in hlo
+      assert len(jax.devices()) == 8
+      assert np.abs(a[-1] - a[0]).max() > 1e-3, "the trajectory must move"
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      print("max difference", np.abs(a - b).max())
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT)
+
+
+# --- errors, raised by the factory or by init (before any jit) ---------------
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(d=0), r"d=0 must be a positive integer"),
+    (dict(d=-3), r"d=-3 must be a positive integer"),
+    (dict(d=2.5), r"d=2.5 must be a positive integer"),
+    (dict(d=4, distribution="cauchy"), r"distribution='cauchy'.*'normal', 'uniform', 'bernoulli'"),
+    (dict(d=4, normalize="l1"), r"normalize='l1'.*'norm', 'expected', 'none'"),
+    (dict(d=4, generator="pcg"), r"generator='pcg'.*'threefry', 'hash'"),
+    (dict(d=4, allocation="equal"), r"allocation='equal'.*'proportional', 'fixed', 'compression'"),
+    (dict(d=4, compartments="layer"), r"compartments='layer'.*'leaf', 'module'"),
+    (dict(d=4, compartments=0), r"compartments=0 must be >= 1"),
+    (dict(d=4, compartments=["(unclosed"]), r"not a valid regular expression"),
+    (dict(d=[3, 0]), r"must be positive integers"),
+    (dict(d=0, allocation="compression"), r"compression factor"),
+    (dict(d=4, block_rows=0), r"block_rows=0"),
+    (dict(d=4, seed="abc"), r"seed"),
+])
+def test_factory_rejects_bad_arguments(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    rb.scale_by_random_bases(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(d=4, compartments=["kernel"]), r"'dense/bias' is covered by no rule"),
+    (dict(d=4, compartments=["kernel", "bias", "gamma"]), r"rule 'gamma' covers no parameter"),
+    (dict(d=3, compartments="leaf"), r"gets d_k=0 directions"),
+    (dict(d=[1, 2, 3], compartments="module"), r"d has 3 entries but there are 2"),
+    (dict(d=4, compartments=100), r"more than the 23 parameters"),
+])
+def test_init_rejects_compartments_that_do_not_fit(kwargs, match):
+  tx = rb.scale_by_random_bases(**kwargs)
+  with pytest.raises(ValueError, match=match):
+    tx.init(make_params())
+
+
+def test_fpd_fixes_redraw_and_update_needs_an_input():
+  with pytest.raises(ValueError, match="redraw"):
+    rb.fpd(0.1, 4, redraw=True)
+  tx = rb.scale_by_random_bases(4)
+  state = tx.init(make_params())
+  with pytest.raises(ValueError, match="value_fn"):
+    tx.update(None, state)
+  with pytest.raises(ValueError, match="needs params"):
+    tx.update(None, state, None, value_fn=loss_fn)
