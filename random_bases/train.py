@@ -339,11 +339,17 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
       chunks.append(metrics)
       steps_run += count
       rate = steps_run / (time.perf_counter() - run_start)
+      interval = _summarise([metrics])
+      step = int(state["step"])
+      for k, v in interval.items():
+        writer.add_scalar(f"interval/{k}", v, step)
+      correlation = (f"  corr {interval['correlation_whole']:.4f}"
+                     if "correlation_whole" in interval else "")
       logging.info(
-          "epoch %d/%d  step %d/%d  %s  loss %.4f  acc %.4f  %.0f img/s  ETA %s",
+          "epoch %d/%d  step %d/%d  %s  loss %.4f  acc %.4f%s  %.0f img/s  ETA %s",
           epoch + 1, total_epochs, first + count, trainer.steps_per_epoch,
-          trainer.phases[phase][0], float(np.mean(metrics["loss"])),
-          float(np.mean(metrics["accuracy"])), count * trainer.batch_size / elapsed,
+          trainer.phases[phase][0], interval["train_loss"], interval["train_accuracy"],
+          correlation, count * trainer.batch_size / elapsed,
           _format_seconds((steps_left_total - steps_run) / rate))
     train_seconds = time.perf_counter() - epoch_start
     state["epochs_done"] = jnp.asarray(epoch + 1, jnp.int32)
