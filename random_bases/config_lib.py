@@ -89,7 +89,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.bases.normalize = "norm"  # norm | expected | none
   config.bases.compartments = "none"  # none | leaf | module | <K> | re:<rx>;<rx>
   config.bases.allocation = "proportional"  # proportional | fixed | compression
-  config.bases.generator = "threefry"  # threefry | hash
+  config.bases.generator = dirs.DEFAULT_GENERATOR  # hash (fast) | threefry (jax.random)
   config.bases.block_rows = 0  # 0 = automatic
   config.bases.coordinates = "reverse"  # reverse (backprop) | forward (jvp)
 

@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_threefry_rows_follow_the_documented_key_chain(distribution):
   key = dirs.compartment_key(7, step=3, worker=2, compartment=1)
   got = dirs.materialize_directions(key, jnp.arange(5), 40,
-                                    distribution=distribution)
+                                    distribution=distribution,
+                                    generator="threefry")
   want = reference.dense_basis(7, 3, 2, 1, 5, 40, distribution).T
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
 

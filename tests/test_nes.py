@@ -32,7 +32,8 @@ def loss_at(flat):
 def test_matches_the_explicit_estimator(fitness):
   key, d, sigma = jax.random.key(3), 10, 0.05
   got = reference.flat(rb.nes_gradient(loss_fn, make_params(), key=key, d=d,
-                                       sigma=sigma, fitness=fitness, block_rows=3))
+                                       sigma=sigma, fitness=fitness, block_rows=3,
+                                       generator="threefry"))
   theta = reference.flat(make_params())
   phi = perturbations(key, d, theta.size)
   losses = np.array([loss_at(theta + sigma * p) for p in phi])
@@ -49,7 +50,8 @@ def test_matches_the_explicit_estimator(fitness):
 def test_antithetic_pairs_are_mirrored():
   key, d, sigma = jax.random.key(4), 8, 0.1
   got = reference.flat(rb.nes_gradient(loss_fn, make_params(), key=key, d=d,
-                                       sigma=sigma, antithetic=True))
+                                       sigma=sigma, antithetic=True,
+                                       generator="threefry"))
   theta = reference.flat(make_params())
   half = perturbations(key, d // 2, theta.size)
   phi = np.concatenate([half, -half])  # +phi and its mirror -phi

@@ -23,7 +23,7 @@ def tiny_config(method="rbd", **overrides):
   config.data.holdout_size = 400
   config.bases.d = 50
   config.learning_rate.rbd = 16.0
-  config.learning_rate.fpd = 8.0
+  config.learning_rate.fpd = 16.0
   config.learning_rate.sgd = 0.1
   config.learning_rate.nes = 2.0**-10
   config.train.epochs = 1
@@ -47,7 +47,7 @@ def initial_test_loss(config):
 
 @pytest.mark.parametrize("method", ["sgd", "rbd", "fpd", "nes"])
 def test_each_method_lowers_the_loss(method, tmp_path):
-  config = tiny_config(method, **{"train.checkpoint": False})
+  config = tiny_config(method, **{"train.checkpoint": False, "train.steps_per_epoch": 50})
   if method == "nes":
     config.bases.d = 40  # loss evaluations per step
   result = train.train_and_evaluate(config, str(tmp_path))

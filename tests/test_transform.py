@@ -98,7 +98,8 @@ CASES = [
 @pytest.mark.parametrize("compartments,d,allocation,groups,dims", CASES)
 def test_update_equals_dense_projection(compartments, d, allocation, groups, dims):
   tx = rb.scale_by_random_bases(d, seed=4, compartments=compartments,
-                                allocation=allocation, block_rows=3)
+                                allocation=allocation, block_rows=3,
+                                generator="threefry")
   g = make_grad()
   state = tx.init(make_params())
   update, state = tx.update(g, state)
@@ -112,7 +113,7 @@ def test_update_equals_dense_projection(compartments, d, allocation, groups, dim
 @pytest.mark.parametrize("normalize", ["norm", "expected"])
 def test_distributions_and_scalings_match_dense(distribution, normalize):
   tx = rb.scale_by_random_bases(6, seed=1, distribution=distribution,
-                                normalize=normalize)
+                                normalize=normalize, generator="threefry")
   g = make_grad(1)
   update, _ = tx.update(g, tx.init(g))
   assert_update_matches(update, expected_update(
@@ -120,7 +121,7 @@ def test_distributions_and_scalings_match_dense(distribution, normalize):
 
 
 def test_unnormalised_update_is_divided_by_d():
-  tx = rb.scale_by_random_bases(6, seed=1, normalize=False)
+  tx = rb.scale_by_random_bases(6, seed=1, normalize=False, generator="threefry")
   g = make_grad(1)
   update, _ = tx.update(g, tx.init(g))
   want = expected_update(g, [PATHS], [6], seed=1, normalize="none")
@@ -207,7 +208,8 @@ def test_fixed_seed_gives_fixed_checksum_in_fresh_process():
       import jax, jax.numpy as jnp, random_bases as rb
       params = {"w": jnp.linspace(-1.0, 1.0, 1000).reshape(10, 100),
                 "b": jnp.linspace(0.0, 1.0, 10)}
-      tx = rb.rbd(0.5, 64, seed=1234, compartments="leaf", allocation="proportional")
+      tx = rb.rbd(0.5, 64, seed=1234, compartments="leaf", allocation="proportional",
+                  generator="threefry")
       state = tx.init(params)
       for _ in range(3):
         updates, state = jax.jit(tx.update)(params, state)
@@ -228,7 +230,8 @@ GOLDEN_CHECKSUM = [-5444.53955078125, 4.7313714027404785]
 def test_composes_with_clipping_and_schedules():
   g = make_grad(5)
   schedule = optax.exponential_decay(0.5, transition_steps=1, decay_rate=0.5)
-  tx = optax.chain(optax.clip_by_global_norm(0.1), rb.rbd(schedule, 4, seed=7))
+  tx = optax.chain(optax.clip_by_global_norm(0.1),
+                   rb.rbd(schedule, 4, seed=7, generator="threefry"))
   state = tx.init(make_params())
   clipped = jax.tree.map(lambda x: x * 0.1 / optax.tree.norm(g), g)
   for step, lr in enumerate((0.5, 0.25)):
@@ -239,7 +242,8 @@ def test_composes_with_clipping_and_schedules():
 
 def test_adam_on_top_sees_the_projected_gradient():
   g = make_grad(6)
-  tx = optax.chain(rb.scale_by_random_bases(4, seed=8), optax.adam(1e-2))
+  tx = optax.chain(rb.scale_by_random_bases(4, seed=8, generator="threefry"),
+                   optax.adam(1e-2))
   adam = optax.adam(1e-2)
   state, adam_state = tx.init(g), adam.init(g)
   for step in range(3):
@@ -258,7 +262,8 @@ def test_partitioned_with_multi_transform():
   g = make_grad(7)
   labels = {"dense": {"kernel": "rbd", "bias": "rbd"},
             "out": {"kernel": "sgd", "bias": "sgd"}}
-  tx = optax.multi_transform({"rbd": rb.rbd(1.0, 3, seed=2), "sgd": optax.sgd(1.0)},
+  tx = optax.multi_transform({"rbd": rb.rbd(1.0, 3, seed=2, generator="threefry"),
+                              "sgd": optax.sgd(1.0)},
                              labels)
   update, _ = tx.update(g, tx.init(make_params()), make_params())
   # rbd saw only the dense leaves: a 15-dimensional basis over them.
@@ -273,7 +278,7 @@ def test_bfloat16_leaves():
   params = {"a": jnp.ones((50,), jnp.bfloat16), "b": jnp.ones((30,), jnp.float32)}
   g = {"a": jnp.linspace(-1, 1, 50).astype(jnp.bfloat16),
        "b": jnp.linspace(1, 2, 30)}
-  tx = rb.rbd(0.1, 8, seed=0)
+  tx = rb.rbd(0.1, 8, seed=0, generator="threefry")
   update, _ = jax.jit(tx.update)(g, tx.init(params), params)
   assert update["a"].dtype == jnp.bfloat16 and update["b"].dtype == jnp.float32
   p = reference.dense_basis(0, 0, 0, 0, 8, 80)
@@ -302,7 +307,7 @@ def test_workers_exchange_coordinates_and_apply_the_same_update():
   K, d = 4, 3
   grads = [make_grad(10 + w) for w in range(K)]
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
-  tx = rb.scale_by_random_bases(d, seed=6, axis_name="workers")
+  tx = rb.scale_by_random_bases(d, seed=6, axis_name="workers", generator="threefry")
   state = tx.init(make_params())
   updates, _ = jax.vmap(lambda g: tx.update(g, state), axis_name="workers")(stacked)
   want = sum(np.concatenate([expected_update(grads[w], [PATHS], [d], seed=6,

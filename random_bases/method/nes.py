@@ -39,7 +39,8 @@ def centered_ranks(losses: jax.Array) -> jax.Array:
 
 def nes_gradient(loss_fn, params, *, key, d: int, sigma: float = 0.01,
                  antithetic: bool = False, fitness: str = "raw",
-                 generator: str = "threefry", block_rows: int | None = None):
+                 generator: str = dirs.DEFAULT_GENERATOR,
+                 block_rows: int | None = None):
   r"""Estimates the gradient of ``loss_fn`` at ``params`` with d forward passes.
 
   .. math::
@@ -56,7 +57,7 @@ def nes_gradient(loss_fn, params, *, key, d: int, sigma: float = 0.01,
       d/2 directions are drawn).
     fitness: ``'raw'`` (f_n = loss) or ``'centered_ranks'`` (the reference
       code's shaping, f_n = -u_n).
-    generator: ``'threefry'`` or ``'hash'``.
+    generator: ``'hash'`` (default) or ``'threefry'``.
     block_rows: perturbations evaluated at once (vmapped forward passes).
 
   Returns:

@@ -24,10 +24,15 @@ import jax.numpy as jnp
 
 from random_bases.method import directions as dirs
 
-# Elements per generated block when ``block_rows`` is None. A block of 2^20
-# float32 (4 MiB) stays in a CPU's last-level cache between generation and
-# its two products; accelerators prefer bigger launches.
-DEFAULT_BLOCK_ELEMENTS = {"cpu": 2**20, "gpu": 2**24, "tpu": 2**24}
+# Elements per generated block when ``block_rows`` is None. On CPU, 2^21
+# float32 (8 MiB; 17 rows of the 122,570-parameter CNN) was the best
+# compromise on 2 cores (experiments/benchmark.py): blocks need enough rows
+# for XLA to split the generating loops between threads (1-row blocks ran at
+# a quarter of the speed), and must stay in the last-level cache between
+# generation and the two products (2^22 lost up to a third on FC). On GPU and
+# TPU, 2^24 (64 MiB) makes launches big enough to fill the device and keeps
+# memory modest; these were not re-tuned (no accelerator was available).
+DEFAULT_BLOCK_ELEMENTS = {"cpu": 2**21, "gpu": 2**24, "tpu": 2**24}
 
 # coordinate_fn(raw_rows [B, n], scale [B]) -> coordinates [B] of the
 # scaled directions raw_rows * scale[:, None].
@@ -35,9 +40,17 @@ CoordinateFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def default_block_rows(n: int, dim: int, backend: str | None = None) -> int:
+  """Rows per block: about DEFAULT_BLOCK_ELEMENTS, split evenly over ``dim``.
+
+  The blocks are as even as possible (e.g. 2 x 10 rather than 16 + 4 for 20
+  directions), so the padding rows generated in the last block, and thrown
+  away, are fewer than the number of blocks.
+  """
   backend = backend or jax.default_backend()
   target = DEFAULT_BLOCK_ELEMENTS.get(backend, DEFAULT_BLOCK_ELEMENTS["cpu"])
-  return int(max(1, min(dim, target // max(n, 1))))
+  rows = max(1, min(dim, target // max(n, 1)))
+  num_blocks = -(-dim // rows)
+  return -(-dim // num_blocks)
 
 
 class Basis:
