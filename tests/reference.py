@@ -43,3 +43,64 @@ def flat(tree):
   """Leaves concatenated in pytree order, as float64 numpy."""
   return np.concatenate([np.ravel(np.asarray(x, np.float64))
                          for x in jax.tree.leaves(tree)])
+
+
+MNIST_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+
+
+def mnist_fc_problem(num_test=None):
+  """Real MNIST (first 20,000 training images) and an FC model at its init.
+
+  Reads ../shared/datasets/mnist: a missing data set fails the test.
+
+  Returns:
+    (x_train, y_train, x_test, y_test, model, params0, loss) with
+    loss(params, x, y) the mean softmax cross-entropy.
+  """
+  import optax
+  from random_bases import input_pipeline, models
+  data = input_pipeline.load_dataset("mnist", source="files", data_dir=str(MNIST_DIR),
+                                     holdout="none")
+  x_train = jnp.asarray(data.train_images[:20_000], jnp.float32) / 255.0
+  y_train = jnp.asarray(data.train_labels[:20_000])
+  x_test, y_test = data.eval_splits["test"]
+  x_test = jnp.asarray(x_test[:num_test], jnp.float32) / 255.0
+  y_test = jnp.asarray(y_test[:num_test])
+  model = models.create_model("fc")
+  params0 = models.init_variables(model, key=jax.random.key(0),
+                                  input_shape=(28, 28, 1))["params"]
+
+  def loss(params, x, y):
+    logits = model.apply({"params": params}, x, train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  return x_train, y_train, x_test, y_test, model, params0, loss
+
+
+CHECKSUM_SCRIPT = """
+import jax, jax.numpy as jnp, random_bases as rb
+params = {{"w": jnp.linspace(-1.0, 1.0, 1000).reshape(10, 100),
+          "b": jnp.linspace(0.0, 1.0, 10)}}
+tx = rb.rbd(0.5, 64, seed=1234, compartments="leaf", allocation="proportional"{generator})
+state = tx.init(params)
+for _ in range(3):
+  updates, state = jax.jit(tx.update)(params, state)
+weights = jnp.arange(1, 1011, dtype=jnp.float32)
+flat = jnp.concatenate([updates["b"], updates["w"].ravel()])
+print(repr(float(jnp.dot(flat, weights))), repr(float(jnp.sum(flat ** 2))))
+"""
+
+
+def update_checksum_in_fresh_process(generator=None):
+  """Two checksums of the third rbd update of a fixed problem, in a new process.
+
+  generator=None uses the library's default.
+  """
+  import os
+  import subprocess
+  import sys
+  argument = "" if generator is None else f", generator={generator!r}"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-c", CHECKSUM_SCRIPT.format(generator=argument)],
+                       check=True, cwd=root, capture_output=True, text=True,
+                       env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout.split()
+  return [float(v) for v in out]

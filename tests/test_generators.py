@@ -13,11 +13,6 @@ several standard errors wide, so other keys would pass too (bar rare flukes).
 
 import functools
 import inspect
-import os
-import pathlib
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -27,12 +22,11 @@ import pytest
 from scipy import stats
 
 import random_bases as rb
-from random_bases import input_pipeline, models
 from random_bases.method import directions as dirs
 from random_bases.method import projection
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST_DIR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+import reference
+
 
 
 def hash_rows(seed, *, step=0, worker=0, compartment=0, rows=8, n=20_000,
@@ -236,24 +230,10 @@ def test_hash_bits_are_the_same_in_any_surrounding_program(distribution):
 
 
 def test_default_generator_gives_fixed_checksum_in_fresh_process():
-  script = textwrap.dedent("""
-      import jax, jax.numpy as jnp, random_bases as rb
-      params = {"w": jnp.linspace(-1.0, 1.0, 1000).reshape(10, 100),
-                "b": jnp.linspace(0.0, 1.0, 10)}
-      tx = rb.rbd(0.5, 64, seed=1234, compartments="leaf", allocation="proportional")
-      state = tx.init(params)
-      for _ in range(3):
-        updates, state = jax.jit(tx.update)(params, state)
-      weights = jnp.arange(1, 1011, dtype=jnp.float32)
-      flat = jnp.concatenate([updates["b"], updates["w"].ravel()])
-      print(repr(float(jnp.dot(flat, weights))), repr(float(jnp.sum(flat ** 2))))
-  """)
-  out = subprocess.run([sys.executable, "-c", script], check=True, cwd=ROOT,
-                       capture_output=True, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout.split()
   # Golden values recorded when the hash generator became the default
   # (jax 0.10.2, CPU). A change means the default directions changed.
-  np.testing.assert_allclose([float(v) for v in out], HASH_GOLDEN_CHECKSUM, rtol=1e-5)
+  np.testing.assert_allclose(reference.update_checksum_in_fresh_process(),
+                             HASH_GOLDEN_CHECKSUM, rtol=1e-5)
 
 
 HASH_GOLDEN_CHECKSUM = [-5816.4853515625, 7.780766010284424]
@@ -273,20 +253,7 @@ MIN_RUN_SD = 0.005
 
 
 def test_training_with_hash_matches_threefry_on_mnist():
-  data = input_pipeline.load_dataset("mnist", source="files", data_dir=str(MNIST_DIR),
-                                     holdout="none")
-  x_train = jnp.asarray(data.train_images[:20_000], jnp.float32) / 255.0
-  y_train = jnp.asarray(data.train_labels[:20_000])
-  x_test, y_test = data.eval_splits["test"]
-  x_test = jnp.asarray(x_test, jnp.float32) / 255.0
-  y_test = jnp.asarray(y_test)
-  model = models.create_model("fc")
-  params0 = models.init_variables(model, key=jax.random.key(0),
-                                  input_shape=(28, 28, 1))["params"]
-
-  def loss(params, x, y):
-    logits = model.apply({"params": params}, x, train=False)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+  x_train, y_train, x_test, y_test, model, params0, loss = reference.mnist_fc_problem()
 
   # The seed is a traced key, so each generator compiles once for all seeds.
   @functools.partial(jax.jit, static_argnames="generator")
