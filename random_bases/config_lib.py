@@ -18,7 +18,6 @@ from random_bases.method import nes as nes_lib
 
 METHODS = ("sgd", "rbd", "fpd", "nes")
 COORDINATES = ("reverse", "forward")
-NORMALIZE = ("norm", "expected", "none")
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -126,7 +125,7 @@ def parse_phases(config) -> list[tuple[str, int]]:
   items = config.phases.split(",")
   for i, item in enumerate(items):
     method, _, count = item.strip().partition(":")
-    _check("phases", method, METHODS)
+    dirs.check_choice("phases", method, METHODS)
     if not count:
       if i != len(items) - 1:
         raise ValueError(f"phases={config.phases!r}: only the last phase may "
@@ -161,12 +160,6 @@ def parse_compartments(value: str):
                    "'re:<regex>;<regex>...'")
 
 
-def _check(field, value, allowed):
-  if value not in allowed:
-    raise ValueError(f"{field}={value!r} is not supported; allowed values: "
-                     + ", ".join(repr(a) for a in allowed))
-
-
 def _positive(field, value):
   if isinstance(value, bool) or not value > 0:
     raise ValueError(f"{field}={value!r} must be > 0")
@@ -174,12 +167,12 @@ def _positive(field, value):
 
 def validate(config) -> None:
   """Raises ValueError for the first invalid field. Loads and compiles nothing."""
-  _check("model", config.model, models.MODEL_NAMES)
-  _check("data.dataset", config.data.dataset, input_pipeline.DATASET_NAMES)
-  _check("data.source", config.data.source, input_pipeline.SOURCES)
-  _check("data.holdout", config.data.holdout, input_pipeline.SPLITS)
+  dirs.check_choice("model", config.model, models.MODEL_NAMES)
+  dirs.check_choice("data.dataset", config.data.dataset, input_pipeline.DATASET_NAMES)
+  dirs.check_choice("data.source", config.data.source, input_pipeline.SOURCES)
+  dirs.check_choice("data.holdout", config.data.holdout, input_pipeline.SPLITS)
   _positive("data.holdout_size", config.data.holdout_size)
-  _check("method", config.method, METHODS)
+  dirs.check_choice("method", config.method, METHODS)
   _positive("train.epochs", config.train.epochs)
   _positive("train.batch_size", config.train.batch_size)
   _positive("train.eval_batch_size", config.train.eval_batch_size)
@@ -195,16 +188,16 @@ def validate(config) -> None:
     bases = config.bases
     if not isinstance(bases.d, int) or isinstance(bases.d, bool) or bases.d <= 0:
       raise ValueError(f"bases.d={bases.d!r} must be a positive integer")
-    _check("bases.distribution", bases.distribution, dirs.DISTRIBUTIONS)
-    _check("bases.normalize", bases.normalize, NORMALIZE)
-    _check("bases.allocation", bases.allocation, comp_lib.ALLOCATIONS)
-    _check("bases.generator", bases.generator, dirs.GENERATORS)
-    _check("bases.coordinates", bases.coordinates, COORDINATES)
+    dirs.check_choice("bases.distribution", bases.distribution, dirs.DISTRIBUTIONS)
+    dirs.check_choice("bases.normalize", bases.normalize, dirs.NORMALIZATIONS)
+    dirs.check_choice("bases.allocation", bases.allocation, comp_lib.ALLOCATIONS)
+    dirs.check_choice("bases.generator", bases.generator, dirs.GENERATORS)
+    dirs.check_choice("bases.coordinates", bases.coordinates, COORDINATES)
     if bases.block_rows < 0:
       raise ValueError(f"bases.block_rows={bases.block_rows} must be >= 0 (0 = automatic)")
     parse_compartments(bases.compartments)
   if any(m == "nes" for m, _ in phases):
     _positive("nes.sigma", config.nes.sigma)
-    _check("nes.fitness", config.nes.fitness, nes_lib.FITNESS)
+    dirs.check_choice("nes.fitness", config.nes.fitness, nes_lib.FITNESS)
     if config.nes.antithetic and config.bases.d % 2:
       raise ValueError(f"bases.d={config.bases.d} must be even with nes.antithetic")

@@ -66,16 +66,18 @@ def update_correlation(updates, grads) -> dict[str, jax.Array]:
   """Cosine of the descent direction -updates with the gradient.
 
   Per parameter tensor (the reference code's statistic) and over the whole
-  parameter vector.
+  parameter vector, the latter from the per-tensor dot products and norms.
   """
-  per_tensor = []
+  dots, update_sq, grad_sq = [], [], []
   for u, g in zip(jax.tree.leaves(updates), jax.tree.leaves(grads)):
     u, g = -u.ravel().astype(jnp.float32), g.ravel().astype(jnp.float32)
-    per_tensor.append(jnp.dot(u, g) / (jnp.linalg.norm(u) * jnp.linalg.norm(g) + 1e-30))
-  u = -jnp.concatenate([x.ravel() for x in jax.tree.leaves(updates)])
-  g = jnp.concatenate([x.ravel() for x in jax.tree.leaves(grads)])
-  whole = jnp.dot(u, g) / (jnp.linalg.norm(u) * jnp.linalg.norm(g) + 1e-30)
-  return {"per_tensor": jnp.stack(per_tensor), "whole": whole}
+    dots.append(jnp.dot(u, g))
+    update_sq.append(jnp.dot(u, u))
+    grad_sq.append(jnp.dot(g, g))
+  dots, update_sq, grad_sq = jnp.stack(dots), jnp.stack(update_sq), jnp.stack(grad_sq)
+  per_tensor = dots / (jnp.sqrt(update_sq * grad_sq) + 1e-30)
+  whole = jnp.sum(dots) / (jnp.sqrt(jnp.sum(update_sq) * jnp.sum(grad_sq)) + 1e-30)
+  return {"per_tensor": per_tensor, "whole": whole}
 
 
 class Trainer:
@@ -154,11 +156,10 @@ class Trainer:
     want_correlation = self.config.metrics.gradient_correlation
     forward_mode = (method in ("rbd", "fpd") and
                     self.config.bases.coordinates == "forward")
-    grads = None
-    if method == "nes" or forward_mode:
+    # NES and forward mode need no backward pass, unless the metric does.
+    if (method == "nes" or forward_mode) and not want_correlation:
       loss, (logits, new_stats) = loss_fn(params)
-      if want_correlation:
-        grads = jax.grad(lambda p: loss_fn(p)[0])(params)
+      grads = None
     else:
       (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
 

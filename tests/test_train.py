@@ -115,6 +115,14 @@ def test_gradient_correlation_metric(tmp_path):
   assert 0.5 * np.sqrt(50 / 101_770) < rbd["correlation_whole"] < 3 * np.sqrt(50 / 101_770)
   assert -1 <= rbd["correlation_min"] <= rbd["correlation_mean"] <= rbd["correlation_max"] <= 1
   assert rbd["correlation_std"] > 0
+  # NES needs no backward pass for its update; the metric computes one.
+  nes = train.train_and_evaluate(
+      tiny_config("nes", **{"metrics.gradient_correlation": True, "train.checkpoint": False,
+                            "bases.d": 20, "train.steps_per_epoch": 4,
+                            "train.log_every_steps": 4}),
+      str(tmp_path / "nes"))["history"][0]
+  assert -1 <= nes["correlation_min"] <= nes["correlation_max"] <= 1
+  assert -1 <= nes["correlation_whole"] <= 1
 
 
 def test_forward_mode_trains_like_reverse_mode(tmp_path):
