@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -188,6 +189,89 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
   }
 
 
+# The end-to-end rows: the paper's model/data pairs through the trainer.
+END_TO_END = {"fc": "mnist", "cnn": "cifar10", "resnet8": "cifar10"}
+# Steps per epoch through the trainer: a few seconds of steady state each.
+END_TO_END_STEPS = {"fc": 1500, "cnn": 150, "resnet8": 100}
+END_TO_END_EVAL_EXAMPLES = 2000
+
+
+def measure_bare_eval(model_name: str, *, batch: int, repeats: int) -> float:
+  """Median seconds of one jitted forward pass over an eval batch."""
+  import jax
+
+  from random_bases import models
+
+  model = models.create_model(model_name)
+  shape = INPUT_SHAPES[model_name]
+  variables = models.init_variables(model, key=jax.random.key(0), input_shape=shape)
+  images = jax.random.normal(jax.random.key(1), (batch,) + shape)
+  forward = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
+  jax.block_until_ready(forward(variables, images))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(forward(variables, images))
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def measure_end_to_end(config: Config, *, data: dict, steps: int, warmup: int) -> dict:
+  """The trainer's steady-state step and eval time against the bare jitted ones.
+
+  ``train_and_evaluate`` runs two epochs of ``END_TO_END_STEPS`` steps on the
+  real data set (augmentation on, as the paper trains); the second epoch's
+  time per step (compilation is in the first) is compared with the median
+  bare step of the same model and method, timed before and after the run in
+  this process, and the second epoch's evaluation of
+  ``END_TO_END_EVAL_EXAMPLES`` examples per split with the bare forward pass.
+  """
+  import tempfile
+
+  from random_bases import config_lib, train
+
+  bare_before = measure(config, steps=steps, warmup=warmup)
+  train_config = config_lib.base_config()
+  train_config.model = config.model
+  train_config.data.dataset = END_TO_END[config.model]
+  train_config.data.source = data["source"]
+  train_config.data.dir = data["dir"]
+  train_config.method = config.method
+  if config.method != "sgd":
+    train_config.bases.d = config.d
+  train_config.learning_rate[config.method] = LEARNING_RATES[config.method]
+  train_config.train.epochs = 2
+  train_config.train.steps_per_epoch = END_TO_END_STEPS[config.model]
+  train_config.train.eval_examples = END_TO_END_EVAL_EXAMPLES
+  train_config.train.checkpoint = False
+  with tempfile.TemporaryDirectory() as workdir:
+    history = train.train_and_evaluate(train_config, workdir)["history"]
+  bare_after = measure(config, steps=steps, warmup=warmup)
+
+  epoch = history[-1]
+  bare_ms = (bare_before["step_ms"] + bare_after["step_ms"]) / 2
+  trainer_ms = 1e3 * epoch["train_seconds"] / train_config.train.steps_per_epoch
+  eval_batch = train_config.train.eval_batch_size
+  eval_batches = sum(1 for k in epoch if k.endswith("_loss") and k != "train_loss")
+  eval_batches *= math.ceil(END_TO_END_EVAL_EXAMPLES / eval_batch)
+  bare_eval_ms = 1e3 * measure_bare_eval(config.model, batch=eval_batch, repeats=5)
+  trainer_eval_ms = 1e3 * epoch["eval_seconds"] / eval_batches
+  return {
+      **dataclasses.asdict(config),
+      "dataset": END_TO_END[config.model],
+      "num_params": bare_before["num_params"],
+      "bare_ms": bare_ms,
+      "bare_ms_before_after": [bare_before["step_ms"], bare_after["step_ms"]],
+      "trainer_ms": trainer_ms,
+      "ratio": trainer_ms / bare_ms,
+      "trainer_images_per_s": epoch["images_per_second"],
+      "bare_eval_ms": bare_eval_ms,
+      "trainer_eval_ms": trainer_eval_ms,
+      "eval_ratio": trainer_eval_ms / bare_eval_ms,
+      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
+
+
 def measure_generators(*, n: int, dim: int, repeats: int) -> list[dict]:
   """Samples/s of each generator and distribution: generation alone, and fused."""
   import jax
@@ -215,7 +299,7 @@ def measure_generators(*, n: int, dim: int, repeats: int) -> list[dict]:
 
       @jax.jit
       def fused(key, g, basis=basis):
-        return projection.project_and_expand(basis.with_key(key),
+        return projection.project_and_expand(dataclasses.replace(basis, key=key),
                                              projection.matvec_coordinates(g))[1]
 
       row = {"generator": generator, "distribution": distribution,
@@ -366,6 +450,37 @@ def target_verdicts(rows: list[dict]) -> list[str]:
   return lines
 
 
+def end_to_end_table(rows: list[dict]) -> str:
+  lines = ["| model | data | method | bare step ms | trainer step ms | trainer / bare "
+           "| trainer images/s | bare eval batch ms | trainer eval batch ms "
+           "| trainer / bare (eval) |", "|" + " --- |" * 10]
+  for r in rows:
+    method = r["method"] + (f" d={r['d']}" if r["method"] != "sgd" else "")
+    lines.append(
+        f"| {r['model']} | {r['dataset']} | {method} | {r['bare_ms']:.2f} "
+        f"| {r['trainer_ms']:.2f} | {r['ratio']:.2f} | {r['trainer_images_per_s']:,.0f} "
+        f"| {r['bare_eval_ms']:.1f} | {r['trainer_eval_ms']:.1f} | {r['eval_ratio']:.2f} |")
+  return "\n".join(lines)
+
+
+def end_to_end_verdicts(rows: list[dict]) -> list[str]:
+  """The trainer's target: within 1.25x of the bare step, training and eval."""
+  lines = []
+  for r in rows:
+    ok = r["ratio"] <= 1.25 and r["eval_ratio"] <= 1.25
+    lines.append(f"{r['model']} {r['method']}: trainer / bare = {r['ratio']:.2f} (step), "
+                 f"{r['eval_ratio']:.2f} (eval), target <= 1.25: "
+                 + ("met" if ok else "NOT met"))
+  return lines
+
+
+def end_to_end_data(args, model: str) -> dict | None:
+  """Where the trainer finds the model's data set, or None if not given."""
+  if END_TO_END[model] == "mnist":
+    return {"source": "files", "dir": args.mnist} if args.mnist else None
+  return {"source": "folder", "dir": args.cifar10} if args.cifar10 else None
+
+
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -383,6 +498,15 @@ def main(argv: list[str] | None = None) -> None:
                       "no generator table")
   parser.add_argument("--generators", action=argparse.BooleanOptionalAction, default=None,
                       help="time the generators alone (default: yes unless --quick)")
+  parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
+                      help="also time SGD and RBD (first of --dims) through the trainer")
+  parser.add_argument("--end-to-end-only", action="store_true",
+                      help="only the end-to-end rows")
+  parser.add_argument("--mnist", default=None,
+                      help="MNIST IDX directory for the FC end-to-end rows")
+  parser.add_argument("--cifar10", default=None,
+                      help="CIFAR-10 image folder (directory or .tar.gz) for the CNN "
+                      "and ResNet-8 end-to-end rows")
   parser.add_argument("--json", default=None, help="also write every measurement here")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -391,6 +515,9 @@ def main(argv: list[str] | None = None) -> None:
     payload = json.loads(args.child)
     if payload["kind"] == "generators":
       result = measure_generators(n=GENERATOR_N, dim=GENERATOR_DIM, repeats=5)
+    elif payload["kind"] == "end_to_end":
+      result = measure_end_to_end(Config(**payload["config"]), data=payload["data"],
+                                  steps=payload["steps"], warmup=payload["warmup"])
     else:
       result = measure(Config(**payload["config"]), steps=payload["steps"],
                        warmup=payload["warmup"])
@@ -410,11 +537,11 @@ def main(argv: list[str] | None = None) -> None:
   print(f"# python experiments/benchmark.py {' '.join(argv)}".rstrip())
   print(f"# {machine['date']}; nproc {machine['nproc']}, {machine['cpu']}; "
         f"jax {machine['jax']} ({machine['backend']}); {machine['platform']}")
-  runs, generator_runs = [], []
+  runs, generator_runs, end_to_end_runs = [], [], []
   for run in range(args.runs):
     print(f"\n## Run {run + 1} of {args.runs}\n", flush=True)
     rows = []
-    for model in models:
+    for model in models if not args.end_to_end_only else ():
       model_rows = [run_child({"kind": "config", "config": dataclasses.asdict(config),
                                "steps": steps, "warmup": args.warmup})
                     for config in configs_for(model, dims, quick=args.quick)]
@@ -422,7 +549,24 @@ def main(argv: list[str] | None = None) -> None:
       print(f"### {MODEL_TITLES[model]}, D = {model_rows[0]['num_params']:,}, "
             f"batch {BATCH}\n")
       print(model_table(model_rows) + "\n", flush=True)
-    if with_generators:
+    if args.end_to_end or args.end_to_end_only:
+      e2e_rows = []
+      for model in models:
+        data = end_to_end_data(args, model)
+        if data is None:
+          print(f"(no end-to-end rows for {model}: pass --mnist / --cifar10)")
+          continue
+        for config in (Config(model, "sgd"), Config(model, "rbd", dims[0])):
+          e2e_rows.append(run_child({"kind": "end_to_end", "data": data,
+                                     "config": dataclasses.asdict(config),
+                                     "steps": steps, "warmup": args.warmup}))
+      if e2e_rows:
+        print(f"### Through the trainer (train_and_evaluate), batch {BATCH}, real data\n")
+        print(end_to_end_table(e2e_rows) + "\n", flush=True)
+        for line in end_to_end_verdicts(e2e_rows):
+          print("- " + line)
+        end_to_end_runs.append(e2e_rows)
+    if with_generators and not args.end_to_end_only:
       generator_runs.append(run_child({"kind": "generators"}))
       print(generator_table(generator_runs[-1]) + "\n", flush=True)
     for line in target_verdicts(rows):
@@ -436,7 +580,7 @@ def main(argv: list[str] | None = None) -> None:
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"machine": machine, "argv": argv, "runs": runs,
-                 "generators": generator_runs}, f, indent=1)
+                 "generators": generator_runs, "end_to_end": end_to_end_runs}, f, indent=1)
 
 
 if __name__ == "__main__":

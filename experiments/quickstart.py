@@ -1,6 +1,6 @@
 """RBD in a ten-line optax loop: an FC network on MNIST (README's example).
 
-Uses the full MNIST when it can find it (see random_bases.input_pipeline),
+Uses the full MNIST when it can find it (see random_bases.data),
 else the 2,000-image sample shipped with the package.
 
   python experiments/quickstart.py
@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import optax
 
 import random_bases as rb
-from random_bases import input_pipeline, models
+from random_bases import data as data_lib
+from random_bases import models
 
-data = input_pipeline.load_dataset("mnist", holdout="none")
+data = data_lib.load_dataset("mnist", holdout="none")
 x, y = jnp.asarray(data.train_images, jnp.float32) / 255.0, jnp.asarray(data.train_labels)
 x_test, y_test = (jnp.asarray(a) for a in data.eval_splits["test"])
 model = models.create_model("fc")

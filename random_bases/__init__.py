@@ -4,7 +4,7 @@ Gressmann, Eaton-Rosen & Luschi, "Improving Neural Network Training in Low
 Dimensional Random Bases", NeurIPS 2020.
 
 Layers, bottom up: ``random_bases.method`` (jax + optax only) ->
-``models`` and ``input_pipeline`` -> ``train`` -> ``main``.
+``models`` and ``data`` -> ``train`` -> ``main``.
 Importing this package loads only the method layer.
 """
 

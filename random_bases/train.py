@@ -1,23 +1,27 @@
 """The trainer: any paper model, any method, driven by one config.
 
-``train_and_evaluate(config, workdir)`` validates the config, loads the data
-once onto the device, and trains epoch by epoch, each epoch a few jitted
-chunks of ``train.log_every_steps`` steps (``lax.scan``). Everything random is
-a pure function of ``config.seed`` and the step held in the train state: the
-epoch's shuffle, each batch's augmentation and each step's bases. So a run
-resumed from its last checkpoint ends with exactly the parameters of an
-uninterrupted one.
+``train_and_evaluate(config, workdir)`` reads top to bottom: validate the
+config, check the workdir may take it, load the data once onto the device,
+restore the newest intact checkpoint (or initialise), then for each epoch run
+it and write it, and finish. An epoch is a Python loop dispatching one jitted,
+donated step after another without waiting (the batch is gathered and
+augmented on the device); the metrics come to the host once per
+``train.log_every_steps`` steps. Evaluation runs the eval splits, resident on
+the device, batch by batch through one jitted function and fetches the sums
+once. Everything random is a pure function of ``config.seed`` and the step
+held in the train state: the epoch's shuffle, each batch's augmentation and
+each step's bases. So a run resumed from its last checkpoint ends with exactly
+the parameters of an uninterrupted one.
 
-Written to ``workdir``: ``config.json``, ``metrics.jsonl`` (one line per
-epoch), TensorBoard summaries in ``tensorboard/`` and orbax checkpoints in
-``checkpoints/`` (one per epoch, the last two kept).
+What the workdir holds, and how a rerun resumes, refuses or extends a run, is
+``random_bases/workdir.py``'s contract. A non-finite loss stops the run with
+``TrainingDiverged``; the paper's early stopping (``train.early_stopping``) is
+a normal stop.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from typing import Any
 
@@ -25,16 +29,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tensorboardX
 from absl import logging
 
 import random_bases as rb
-from random_bases import config_lib, input_pipeline, models
+from random_bases import config_lib, data, models
+from random_bases import workdir as workdir_lib
+from random_bases.data import preprocess
 
 # Early stopping (PAPER.md): a diverged loss, or chance-level accuracy late.
 DIVERGED_LOSS = 1000.0
 CHANCE_ACCURACY, CHANCE_CHECK_EPOCH = 0.15, 4
+
+
+class TrainingDiverged(RuntimeError):
+  """The train loss of a log interval, or an evaluation loss, is not finite."""
 
 
 def make_optimizer(method: str, *, config, phase: int) -> optax.GradientTransformation:
@@ -58,8 +67,9 @@ def make_optimizer(method: str, *, config, phase: int) -> optax.GradientTransfor
   return rb.fpd(lr, bases.d, **kwargs)
 
 
-def cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+def example_losses(logits, labels) -> jax.Array:
+  """Softmax cross-entropy of each example: the loss trained on and evaluated."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
 def update_correlation(updates, grads) -> dict[str, jax.Array]:
@@ -83,27 +93,22 @@ def update_correlation(updates, grads) -> dict[str, jax.Array]:
 class Trainer:
   """Holds the compiled functions of one run; see ``train_and_evaluate``."""
 
-  def __init__(self, config, dataset: input_pipeline.Dataset):
+  def __init__(self, config, dataset: data.Dataset):
     self.config = config
     self.dataset = dataset
     self.model = models.create_model(config.model, num_classes=dataset.num_classes)
     self.phases = config_lib.parse_phases(config)
     self.train_images = jnp.asarray(dataset.train_images)
     self.train_labels = jnp.asarray(dataset.train_labels)
-    num_train = len(dataset.train_labels)
     self.batch_size = config.train.batch_size
-    if num_train < self.batch_size:
-      raise ValueError(f"train.batch_size={self.batch_size} exceeds the "
-                       f"{num_train} training images")
-    full_epoch = num_train // self.batch_size  # the last partial batch is dropped
-    self.steps_per_epoch = (full_epoch if config.train.steps_per_epoch == -1
-                            else min(full_epoch, config.train.steps_per_epoch))
+    self.steps_per_epoch = config_lib.steps_per_epoch(config, len(dataset.train_labels))
     root = jax.random.key(config.seed)
     self.shuffle_key = jax.random.fold_in(root, 1)
     self.augment_key = jax.random.fold_in(root, 2)
     self.nes_key = jax.random.fold_in(root, 3)
     self.init_key = jax.random.fold_in(root, 4)
-    self._chunks = {}
+    self._train_steps = {}
+    self.eval_splits = self._device_eval_splits()
     self._eval_step = jax.jit(self._eval_batch)
 
   # --- state --------------------------------------------------------------
@@ -132,6 +137,20 @@ class Trainer:
         "opt_state": self.optimizer(0).init(params),
     }
 
+  def checkpoint_target(self, epochs_done: int) -> dict[str, Any]:
+    """The structure of the state saved after ``epochs_done`` epochs (its phase's)."""
+    state = self.initial_state()
+    phase = self.phase_at(epochs_done - 1)
+    return dict(state, opt_state=self.optimizer(phase).init(state["params"]))
+
+  def enter_epoch(self, state, epoch: int) -> dict[str, Any]:
+    """The state to train ``epoch`` from: a new phase starts a new optimizer state."""
+    phase = self.phase_at(epoch)
+    if epoch == 0 or self.phase_at(epoch - 1) == phase:
+      return state
+    logging.info("Epoch %d: switching to %s", epoch + 1, self.phases[phase][0])
+    return dict(state, opt_state=self.optimizer(phase).init(state["params"]))
+
   # --- the step -----------------------------------------------------------
 
   def _forward(self, params, batch_stats, images, train: bool):
@@ -151,7 +170,7 @@ class Trainer:
 
     def loss_fn(p):
       logits, new_stats = self._forward(p, batch_stats, images, train=True)
-      return cross_entropy(logits, labels), (logits, new_stats)
+      return example_losses(logits, labels).mean(), (logits, new_stats)
 
     want_correlation = self.config.metrics.gradient_correlation
     forward_mode = (method in ("rbd", "fpd") and
@@ -185,29 +204,67 @@ class Trainer:
                      batch_stats=new_stats, opt_state=opt_state)
     return new_state, metrics
 
-  def _chunk(self, phase: int, num_steps: int):
-    """A jitted run of ``num_steps`` steps starting at ``first`` in the epoch."""
-    key = (phase, num_steps)
-    if key in self._chunks:
-      return self._chunks[key]
+  def train_steps(self, phase: int, num_steps: int):
+    """``num_steps`` steps of ``phase`` as one jitted call.
+
+    ``(state, images, labels, order) -> (state, metrics)``, the metrics with a
+    leading axis of ``num_steps``. Each step picks its batch on the device
+    from the epoch's shuffle ``order`` at the position ``state["step"]``
+    implies, so a call needs nothing from the host and the loop dispatches
+    it asynchronously; the state is donated. The steps are unrolled, not a
+    ``lax.scan``: on XLA:CPU a convolution inside a loop body runs several
+    times slower than the same convolution in straight-line code
+    (jax-ml/jax#12868).
+    """
+    cache_key = (phase, num_steps)
+    if cache_key in self._train_steps:
+      return self._train_steps[cache_key]
     batch = self.batch_size
+    steps_per_epoch = self.steps_per_epoch
     augment = self.config.data.augment
     name = self.dataset.name
 
-    def run(state, order, first):
-      def body(state, j):
-        index = jax.lax.dynamic_slice_in_dim(order, (first + j) * batch, batch)
-        images = jnp.take(self.train_images, index, axis=0)
-        if augment:
-          images = input_pipeline.preprocess_train_batch(
-              jax.random.fold_in(self.augment_key, state["step"]), images, dataset=name)
-        else:
-          images = input_pipeline.preprocess_eval_batch(images, dataset=name)
-        return self._train_step(phase, state, images, jnp.take(self.train_labels, index))
-      return jax.lax.scan(body, state, jnp.arange(num_steps))
+    def one_step(state, train_images, train_labels, order):
+      # Every epoch has steps_per_epoch steps, so the step counter gives the
+      # position in the epoch; a resumed run picks up the same batches.
+      position = state["step"] % steps_per_epoch
+      index = jax.lax.dynamic_slice_in_dim(order, position * batch, batch)
+      images = jnp.take(train_images, index, axis=0)
+      if augment:
+        images = preprocess.preprocess_train_batch(
+            jax.random.fold_in(self.augment_key, state["step"]), images, dataset=name)
+      else:
+        images = preprocess.preprocess_eval_batch(images, dataset=name)
+      return self._train_step(phase, state, images, jnp.take(train_labels, index))
 
-    self._chunks[key] = jax.jit(run)
-    return self._chunks[key]
+    def steps(state, train_images, train_labels, order):
+      per_step = []
+      for _ in range(num_steps):
+        state, metrics = one_step(state, train_images, train_labels, order)
+        per_step.append(metrics)
+      return state, jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
+
+    self._train_steps[cache_key] = jax.jit(steps, donate_argnums=0)
+    return self._train_steps[cache_key]
+
+  def run_steps(self, phase: int, state, order: jax.Array, num_steps: int):
+    """Runs ``num_steps`` steps; returns the state and the steps' metrics.
+
+    Calls of ``train.steps_per_dispatch`` steps are dispatched without
+    waiting; the metrics come to the host in one transfer at the end, as
+    numpy arrays with a leading axis of ``num_steps``.
+    """
+    per_call = self.config.train.steps_per_dispatch
+    chunks = []
+    done = 0
+    while done < num_steps:
+      count = min(per_call, num_steps - done)
+      state, metrics = self.train_steps(phase, count)(
+          state, self.train_images, self.train_labels, order)
+      chunks.append(metrics)
+      done += count
+    chunks = jax.device_get(chunks)
+    return state, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
 
   def epoch_order(self, epoch: int) -> jax.Array:
     """The epoch's shuffle, a pure function of (seed, epoch)."""
@@ -216,31 +273,46 @@ class Trainer:
 
   # --- evaluation ---------------------------------------------------------
 
-  def _eval_batch(self, params, batch_stats, images, labels, mask):
-    images = input_pipeline.preprocess_eval_batch(images, dataset=self.dataset.name)
+  def _device_eval_splits(self) -> dict[str, tuple[jax.Array, jax.Array, jax.Array]]:
+    """Each eval split on the device, padded to whole batches, with its mask."""
+    size = self.config.train.eval_batch_size
+    limit = self.config.train.eval_examples
+    splits = {}
+    for split, (images, labels) in self.dataset.eval_splits.items():
+      if limit != -1:
+        images, labels = images[:limit], labels[:limit]
+      # One compiled shape: pad the last batch, mask the padding out.
+      pad = -len(labels) % size
+      mask = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
+      images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
+      labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
+      splits[split] = (jnp.asarray(images), jnp.asarray(labels), jnp.asarray(mask))
+    return splits
+
+  def _eval_batch(self, params, batch_stats, images, labels, mask, start):
+    """Summed loss and correct predictions of the batch at ``start``."""
+    size = self.config.train.eval_batch_size
+    images, labels, mask = (jax.lax.dynamic_slice_in_dim(x, start, size)
+                            for x in (images, labels, mask))
+    images = preprocess.preprocess_eval_batch(images, dataset=self.dataset.name)
     logits, _ = self._forward(params, batch_stats, images, train=False)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     correct = jnp.argmax(logits, -1) == labels
-    return jnp.sum(losses * mask), jnp.sum(correct * mask)
+    return jnp.sum(example_losses(logits, labels) * mask), jnp.sum(correct * mask)
 
   def evaluate(self, state) -> dict[str, float]:
-    results = {}
+    """Loss and accuracy on every eval split, fetched in one transfer."""
     size = self.config.train.eval_batch_size
-    for split, (images, labels) in self.dataset.eval_splits.items():
-      if self.config.train.eval_examples != -1:
-        images, labels = images[:self.config.train.eval_examples], labels[:self.config.train.eval_examples]
-      total_loss, total_correct = 0.0, 0.0
-      for start in range(0, len(labels), size):
-        x, y = images[start:start + size], labels[start:start + size]
-        pad = size - len(y)  # one compiled shape: pad the last batch, mask it out
-        mask = np.concatenate([np.ones(len(y), np.float32), np.zeros(pad, np.float32)])
-        x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])
-        y = np.concatenate([y, np.zeros(pad, y.dtype)])
-        loss, correct = self._eval_step(state["params"], state["batch_stats"], x, y, mask)
-        total_loss += float(loss)
-        total_correct += float(correct)
-      results[f"{split}_loss"] = total_loss / len(labels)
-      results[f"{split}_accuracy"] = total_correct / len(labels)
+    sums = {}
+    for split, (images, labels, mask) in self.eval_splits.items():
+      sums[split] = [self._eval_step(state["params"], state["batch_stats"], images, labels,
+                                     mask, start)
+                     for start in range(0, len(labels), size)]
+    sums = jax.device_get(sums)
+    results = {}
+    for split, batches in sums.items():
+      count = float(np.sum(self.eval_splits[split][2]))
+      results[f"{split}_loss"] = float(np.sum([loss for loss, _ in batches], dtype=np.float64)) / count
+      results[f"{split}_accuracy"] = float(np.sum([c for _, c in batches], dtype=np.float64)) / count
     return results
 
 
@@ -267,117 +339,214 @@ def _format_seconds(seconds: float) -> str:
   return f"{h}h{rem // 60:02d}m" if h else f"{rem // 60}m{rem % 60:02d}s"
 
 
-def _should_stop(config, epochs_done: int, evaluation: dict[str, float]) -> str | None:
+class _Progress:
+  """Steps run so far in this process, for the progress lines' ETA."""
+
+  def __init__(self, steps_to_run: int):
+    self.start = time.perf_counter()
+    self.steps_run = 0
+    self.steps_to_run = steps_to_run
+
+  def advance(self, steps: int) -> str:
+    """Counts ``steps`` more; returns the time left, formatted."""
+    self.steps_run += steps
+    rate = self.steps_run / (time.perf_counter() - self.start)
+    return _format_seconds((self.steps_to_run - self.steps_run) / rate)
+
+
+def should_stop(config, epochs_done: int, evaluation: dict[str, Any]) -> str | None:
+  """The paper's early-stopping rule on one epoch's metrics: why to stop, or None."""
   if not config.train.early_stopping:
     return None
-  split = next((s for s in ("validation", "heldout", "test")
-                if f"{s}_loss" in evaluation), None)
+  split = next(s for s in ("validation", "heldout", "test") if f"{s}_loss" in evaluation)
   loss, accuracy = evaluation[f"{split}_loss"], evaluation[f"{split}_accuracy"]
-  if math.isnan(loss) or loss > DIVERGED_LOSS:
-    return f"{split} loss {loss} is NaN or > {DIVERGED_LOSS}"
+  if loss > DIVERGED_LOSS:
+    return f"{split} loss {loss} > {DIVERGED_LOSS}"
   if epochs_done >= CHANCE_CHECK_EPOCH and accuracy <= CHANCE_ACCURACY:
     return f"{split} accuracy {accuracy:.3f} <= {CHANCE_ACCURACY} after epoch {epochs_done}"
   return None
+
+
+# --- the steps of train_and_evaluate, in order --------------------------------
+
+
+def prepare_workdir(config, workdir: str) -> workdir_lib.Workdir:
+  """The run's workdir, once it is clear ``config`` may continue what it holds.
+
+  Raises:
+    workdir_lib.WorkdirMismatch: it holds a run of another config.
+  """
+  run = workdir_lib.Workdir(workdir)
+  run.check_config(config)
+  return run
+
+
+def load_data(config) -> data.Dataset:
+  dataset = data.load_dataset(
+      config.data.dataset, source=config.data.source, data_dir=config.data.dir or None,
+      holdout=config.data.holdout, holdout_size=config.data.holdout_size,
+      holdout_seed=config.data.holdout_seed, cache_dir=config.data.cache_dir or None)
+  logging.info("Data: %s", dataset.description)
+  return dataset
+
+
+def restore_or_init(config, trainer: Trainer, run: workdir_lib.Workdir
+                    ) -> tuple[dict[str, Any], workdir_lib.Checkpoints | None, str | None]:
+  """Records the accepted run and returns the state to continue from.
+
+  The first step that writes: config.json and data.json (after checking the
+  data is the run's), then the newest intact checkpoint's state, or a fresh
+  one. The metrics are cut back to that checkpoint's epoch; a run that had
+  stopped early there stays stopped.
+
+  Returns:
+    ``(state, checkpoints or None, early-stopping reason or None)``.
+  """
+  identity = workdir_lib.data_identity(trainer.dataset)
+  run.check_data(identity)
+  run.write_record(config, identity)
+  state, checkpoints, epochs_done = trainer.initial_state(), None, 0
+  if config.train.checkpoint:
+    checkpoints = run.checkpoints()
+    epochs_done, restored = checkpoints.restore(trainer.checkpoint_target)
+    if restored is not None:
+      state = restored
+      logging.info("Resumed from the checkpoint after epoch %d (step %d)",
+                   epochs_done, int(state["step"]))
+  run.trim_metrics(epochs_done)
+  rows = run.read_metrics()
+  stopped = None
+  if rows and rows[-1]["epoch"] == epochs_done:
+    stopped = should_stop(config, epochs_done, rows[-1])
+  if stopped:
+    logging.warning("The run stopped early after epoch %d: %s", epochs_done, stopped)
+  return state, checkpoints, stopped
+
+
+def run_epoch(trainer: Trainer, state, epoch: int, writer: tensorboardX.SummaryWriter,
+              progress: _Progress) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Trains and evaluates epoch ``epoch`` (0-based); returns the state and its record.
+
+  Raises:
+    TrainingDiverged: a log interval's train loss or an evaluation loss is not
+      finite (nothing of the epoch is written).
+  """
+  config = trainer.config
+  state = trainer.enter_epoch(state, epoch)
+  phase = trainer.phase_at(epoch)
+  method = trainer.phases[phase][0]
+  log_every = config.train.log_every_steps
+  order = trainer.epoch_order(epoch)
+  epoch_start, chunks = time.perf_counter(), []
+  for first in range(0, trainer.steps_per_epoch, log_every):
+    count = min(log_every, trainer.steps_per_epoch - first)
+    tic = time.perf_counter()
+    state, metrics = trainer.run_steps(phase, state, order, count)
+    elapsed = time.perf_counter() - tic
+    chunks.append(metrics)
+    interval = _summarise([metrics])
+    if not math.isfinite(interval["train_loss"]):
+      raise TrainingDiverged(
+          f"epoch {epoch + 1}, steps {first + 1}-{first + count}: the train loss is "
+          f"{interval['train_loss']} ({method} at learning_rate.{method}="
+          f"{config.learning_rate[method]}); nothing of this epoch was written")
+    step = int(state["step"])
+    for k, v in interval.items():
+      writer.add_scalar(f"interval/{k}", v, step)
+    correlation = (f"  corr {interval['correlation_whole']:.4f}"
+                   if "correlation_whole" in interval else "")
+    logging.info(
+        "epoch %d/%d  step %d/%d  %s  loss %.4f  acc %.4f%s  %.0f img/s  ETA %s",
+        epoch + 1, config.train.epochs, first + count, trainer.steps_per_epoch, method,
+        interval["train_loss"], interval["train_accuracy"], correlation,
+        count * trainer.batch_size / elapsed, progress.advance(count))
+  train_seconds = time.perf_counter() - epoch_start
+  state["epochs_done"] = jnp.asarray(epoch + 1, jnp.int32)
+  record = {"epoch": epoch + 1, "step": int(state["step"]), "method": method}
+  record.update(_summarise(chunks))
+  eval_start = time.perf_counter()
+  evaluation = trainer.evaluate(state)
+  for key, value in evaluation.items():
+    if key.endswith("_loss") and not math.isfinite(value):
+      raise TrainingDiverged(f"epoch {epoch + 1}: the {key.replace('_', ' ')} is {value}; "
+                             "nothing of this epoch was written")
+  record.update(evaluation)
+  record["eval_seconds"] = time.perf_counter() - eval_start
+  record["train_seconds"] = train_seconds
+  record["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / train_seconds
+  logging.info("epoch %d done: %s", epoch + 1,
+               "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
+  return state, record
+
+
+def write_epoch(run: workdir_lib.Workdir, writer: tensorboardX.SummaryWriter,
+                checkpoints: workdir_lib.Checkpoints | None, state, record) -> None:
+  """Metrics line, TensorBoard scalars, then the checkpoint (committed in the background).
+
+  In this order every committed checkpoint has its metrics line; lines and
+  events past the checkpoint a rerun restores are dropped then (workdir.py).
+  """
+  run.append_metrics(record)
+  for k, v in record.items():
+    if isinstance(v, float):
+      writer.add_scalar(k, v, record["step"])
+  writer.flush()
+  if checkpoints is not None:
+    checkpoints.save(record["epoch"], state)
+
+
+def finish(run: workdir_lib.Workdir, config) -> None:
+  """Says where the results are and what the final accuracies are."""
+  outputs = ["metrics.jsonl", "tensorboard/"] + (["checkpoints/"]
+                                                 if config.train.checkpoint else [])
+  logging.info("Results in %s: %s", run.path, ", ".join(outputs))
+  rows = run.read_metrics()
+  if rows:
+    splits = sorted((k[:-len("_accuracy")] for k in rows[-1]
+                     if k.endswith("_accuracy") and k != "train_accuracy"),
+                    key=lambda split: split == "test")  # the held-out split first
+    accuracies = [f"{split} accuracy {rows[-1][f'{split}_accuracy']:.4f}" for split in splits]
+    logging.info("After epoch %d: %s", rows[-1]["epoch"], ", ".join(accuracies))
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   """Trains and evaluates as ``config`` says, writing everything to ``workdir``.
 
   Returns:
-    ``{"state": final train state, "history": [per-epoch metrics], "stopped":
-    early-stopping reason or None}``.
+    ``{"state": final train state, "history": [metrics of the epochs run now],
+    "stopped": early-stopping reason or None}``.
+
+  Raises:
+    ValueError: an invalid config, or missing data, before anything is written.
+    workdir_lib.WorkdirMismatch: the workdir holds a run of another config or
+      other data (a ValueError), before anything is written.
+    TrainingDiverged: a loss became NaN or infinite.
   """
   config_lib.validate(config)
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-
-  dataset = input_pipeline.load_dataset(
-      config.data.dataset, source=config.data.source, data_dir=config.data.dir or None,
-      holdout=config.data.holdout, holdout_size=config.data.holdout_size,
-      holdout_seed=config.data.holdout_seed)
-  logging.info("Data: %s from %s%s", dataset.name, dataset.source,
-               " -- a SMALL SAMPLE, not the full dataset" if dataset.is_sample else "")
-  trainer = Trainer(config, dataset)
-  state = trainer.initial_state()
-  num_params = models.count_params(state["params"])
+  run = prepare_workdir(config, workdir)
+  trainer = Trainer(config, load_data(config))
+  state, checkpoints, stopped = restore_or_init(config, trainer, run)
   logging.info("Model %s: %d trainable parameters; phases %s; %d steps per epoch",
-               config.model, num_params, trainer.phases, trainer.steps_per_epoch)
-
-  checkpoints = None
-  if config.train.checkpoint:
-    checkpoints = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
-    latest = checkpoints.latest_step()
-    if latest is not None:
-      phase = trainer.phase_at(latest - 1)
-      target = dict(state, opt_state=trainer.optimizer(phase).init(state["params"]))
-      state = checkpoints.restore(latest, args=ocp.args.StandardRestore(target))
-      logging.info("Resumed from the checkpoint after epoch %d (step %d)",
-                   latest, int(state["step"]))
-
-  writer = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"))
-  history, stopped = [], None
-  total_epochs = config.train.epochs
-  start_epoch = int(state["epochs_done"])
-  log_every = config.train.log_every_steps
-  run_start, steps_run = time.perf_counter(), 0
-  steps_left_total = (total_epochs - start_epoch) * trainer.steps_per_epoch
-  for epoch in range(start_epoch, total_epochs):
-    phase = trainer.phase_at(epoch)
-    if epoch > 0 and trainer.phase_at(epoch - 1) != phase:
-      logging.info("Epoch %d: switching to %s", epoch + 1, trainer.phases[phase][0])
-      state["opt_state"] = trainer.optimizer(phase).init(state["params"])
-    order = trainer.epoch_order(epoch)
-    epoch_start, chunks = time.perf_counter(), []
-    for first in range(0, trainer.steps_per_epoch, log_every):
-      count = min(log_every, trainer.steps_per_epoch - first)
-      tic = time.perf_counter()
-      state, metrics = trainer._chunk(phase, count)(state, order, first)
-      metrics = jax.device_get(metrics)
-      elapsed = time.perf_counter() - tic
-      chunks.append(metrics)
-      steps_run += count
-      rate = steps_run / (time.perf_counter() - run_start)
-      interval = _summarise([metrics])
-      step = int(state["step"])
-      for k, v in interval.items():
-        writer.add_scalar(f"interval/{k}", v, step)
-      correlation = (f"  corr {interval['correlation_whole']:.4f}"
-                     if "correlation_whole" in interval else "")
-      logging.info(
-          "epoch %d/%d  step %d/%d  %s  loss %.4f  acc %.4f%s  %.0f img/s  ETA %s",
-          epoch + 1, total_epochs, first + count, trainer.steps_per_epoch,
-          trainer.phases[phase][0], interval["train_loss"], interval["train_accuracy"],
-          correlation, count * trainer.batch_size / elapsed,
-          _format_seconds((steps_left_total - steps_run) / rate))
-    train_seconds = time.perf_counter() - epoch_start
-    state["epochs_done"] = jnp.asarray(epoch + 1, jnp.int32)
-    record = {"epoch": epoch + 1, "step": int(state["step"]),
-              "method": trainer.phases[phase][0]}
-    record.update(_summarise(chunks))
-    record.update(trainer.evaluate(state))
-    record["train_seconds"] = train_seconds
-    record["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / train_seconds
-    history.append(record)
-    logging.info("epoch %d done: %s", epoch + 1,
-                 "  ".join(f"{k} {v:.4f}" for k, v in record.items()
-                           if isinstance(v, float)))
-    with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
-      f.write(json.dumps(record) + "\n")
-    for k, v in record.items():
-      if isinstance(v, float):
-        writer.add_scalar(k, v, record["step"])
-    writer.flush()
+               config.model, models.count_params(state["params"]), trainer.phases,
+               trainer.steps_per_epoch)
+  first_epoch = int(state["epochs_done"])
+  writer = run.summary_writer(restored_step=int(state["step"]))
+  progress = _Progress((config.train.epochs - first_epoch) * trainer.steps_per_epoch)
+  history = []
+  try:
+    for epoch in range(first_epoch, config.train.epochs):
+      if stopped:
+        break
+      state, record = run_epoch(trainer, state, epoch, writer, progress)
+      write_epoch(run, writer, checkpoints, state, record)
+      history.append(record)
+      stopped = should_stop(config, epoch + 1, record)
+      if stopped:
+        logging.warning("Early stop after epoch %d: %s", epoch + 1, stopped)
+  finally:
     if checkpoints is not None:
-      checkpoints.save(epoch + 1, args=ocp.args.StandardSave(state))
-    stopped = _should_stop(config, epoch + 1, record)
-    if stopped:
-      logging.warning("Early stop after epoch %d: %s", epoch + 1, stopped)
-      break
-  if checkpoints is not None:
-    checkpoints.wait_until_finished()
-    checkpoints.close()
-  writer.close()
+      checkpoints.wait_until_finished()
+      checkpoints.close()
+    writer.close()
+  finish(run, config)
   return {"state": state, "history": history, "stopped": stopped}

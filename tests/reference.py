@@ -5,9 +5,13 @@ These rebuild the basis straight from the documented key contract
 the library's block-wise loops are checked against plain dense algebra.
 """
 
+import os
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 
 def row_key(seed, step, worker, compartment, row):
@@ -45,22 +49,51 @@ def flat(tree):
                          for x in jax.tree.leaves(tree)])
 
 
-MNIST_DIR = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+# Read once, at import: tests that change the variable to test the library's
+# own search must not move the real data they compare against.
+DATA_ROOT = os.environ.get("RANDOM_BASES_DATA_DIR", "")
+
+
+def require_data(path, what):
+  """`path` as a pathlib.Path if it exists; else the test cannot run.
+
+  Under CI (CI=true) a missing data set fails the test, so CI never passes
+  without the real data; elsewhere it skips, saying what is missing.
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    missing_data(f"{what} not found at {path}")
+  return path
+
+
+def missing_data(message):
+  """Fails the test under CI (CI=true), skips it elsewhere."""
+  if os.environ.get("CI", "").lower() in ("true", "1"):
+    pytest.fail(message + " (CI=true: missing data is a failure)")
+  pytest.skip(message)
+
+
+def shared_dataset(*parts):
+  """$RANDOM_BASES_DATA_DIR/<parts>: the real data .ci/run points the tests at."""
+  if not DATA_ROOT:
+    missing_data(f"{'/'.join(parts)}: RANDOM_BASES_DATA_DIR is not set (point "
+                 "it at the shared datasets, e.g. ../shared/datasets)")
+  return require_data(pathlib.Path(DATA_ROOT, *parts), "/".join(parts))
 
 
 def mnist_fc_problem(num_test=None):
   """Real MNIST (first 20,000 training images) and an FC model at its init.
 
-  Reads ../shared/datasets/mnist: a missing data set fails the test.
+  Reads $RANDOM_BASES_DATA_DIR/mnist (see shared_dataset).
 
   Returns:
     (x_train, y_train, x_test, y_test, model, params0, loss) with
     loss(params, x, y) the mean softmax cross-entropy.
   """
   import optax
-  from random_bases import input_pipeline, models
-  data = input_pipeline.load_dataset("mnist", source="files", data_dir=str(MNIST_DIR),
-                                     holdout="none")
+  from random_bases import data as data_lib, models
+  data = data_lib.load_dataset("mnist", source="files",
+                               data_dir=str(shared_dataset("mnist")), holdout="none")
   x_train = jnp.asarray(data.train_images[:20_000], jnp.float32) / 255.0
   y_train = jnp.asarray(data.train_labels[:20_000])
   x_test, y_test = data.eval_splits["test"]

@@ -1,6 +1,7 @@
 """Compartment layouts and the allocation of directions."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -64,3 +65,41 @@ def test_module_scheme_groups_by_parent_path():
   # Fig. B.10: five CNN layers x 250 directions.
   assert len(layout.compartments) == 5 and layout.dim == 1250
   assert layout.size == 93_322
+
+
+def test_compression_caps_d_k_at_the_compartment_size():
+  # max(ceil(n / 10), 10) rounded up to even: 10, 10, 10, 10, 100; capped at
+  # n for the 3- and 9-entry tensors.
+  assert comp_lib.allocate([3, 9, 11, 40, 1000], 10, "compression") == [3, 9, 10, 10, 100]
+  # c = 1: ceil(11 / 1) = 11, rounded up to 12, capped at 11.
+  assert comp_lib.allocate([11, 30], 1, "compression") == [11, 30]
+
+
+@pytest.mark.parametrize("d,compartments,allocation,match", [
+    (21, None, "proportional", r"compartment 'all' \(20 parameters\) gets d_k=21"),
+    (8, "leaf", "fixed", r"compartment 'b' \(5 parameters\) gets d_k=8"),
+    ([5, 16], "leaf", "proportional", r"compartment 'w' \(15 parameters\) gets d_k=16"),
+])
+def test_more_directions_than_parameters_is_rejected(d, compartments, allocation, match):
+  tree = {"b": np.zeros(5, np.float32), "w": np.zeros((3, 5), np.float32)}
+  with pytest.raises(ValueError, match=match + r" directions; every compartment needs d_k <= n_k"):
+    rb.make_layout(tree, d=d, compartments=compartments, allocation=allocation)
+  # As many directions as parameters is the largest allowed.
+  layout = rb.make_layout(tree, d=[5, 15], compartments="leaf")
+  assert [c.dim for c in layout.compartments] == [5, 15]
+
+
+def test_layout_from_shapes_alone_equals_layout_from_arrays():
+  arrays = {"conv": {"kernel": np.zeros((3, 3, 2, 4), np.float32),
+                     "bias": np.zeros(4, np.float32)},
+            "dense": {"kernel": np.zeros((36, 10), jnp.bfloat16)}}
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), arrays)
+  from_shapes = rb.make_layout(shapes, d=10, compartments="leaf", allocation="compression")
+  assert from_shapes == rb.make_layout(arrays, d=10, compartments="leaf",
+                                       allocation="compression")
+  assert [(c.name, c.size, c.dim) for c in from_shapes.compartments] == [
+      ("conv/bias", 4, 4), ("conv/kernel", 72, 10), ("dense/kernel", 360, 36)]
+  assert from_shapes.dtypes == (np.float32, np.float32, jnp.bfloat16)
+  # A configuration that cannot fit is rejected from the shapes alone.
+  with pytest.raises(ValueError, match=r"'conv/bias' \(4 parameters\) gets d_k=50"):
+    rb.make_layout(shapes, d=50, compartments="leaf", allocation="fixed")

@@ -1,5 +1,6 @@
 """Direction generation: the key contract, determinism, distributions."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -118,6 +119,39 @@ def test_bad_choices_name_the_argument():
     dirs.sample_rows(keys, 4, distribution="cauchy")
   with pytest.raises(ValueError, match="generator.*'threefry', 'hash'"):
     dirs.sample_rows(keys, 4, generator="mt19937")
+
+
+def test_integer_array_seed_keys_the_same_bases_as_the_int():
+  # optax.inject_hyperparams hands an int seed over as an int32 array,
+  # concrete in init and traced in update.
+  want = jax.random.key_data(dirs.compartment_key(1234, step=2, worker=0, compartment=1))
+  for seed in (jnp.asarray(1234), np.int32(1234), np.asarray(1234, np.uint32)):
+    got = dirs.compartment_key(seed, step=2, worker=0, compartment=1)
+    np.testing.assert_array_equal(jax.random.key_data(got), want)
+  traced = jax.jit(lambda s: jax.random.key_data(
+      dirs.compartment_key(s, step=2, worker=0, compartment=1)))(jnp.asarray(1234))
+  np.testing.assert_array_equal(traced, want)
+  for bad in (jnp.asarray(1.5), jnp.arange(3), True):
+    with pytest.raises(ValueError, match="seed=.*must be an int"):
+      dirs.base_key(bad)
+
+
+def test_basis_is_a_frozen_dataclass_replaced_per_key():
+  a = projection.Basis(jax.random.key(0), n=300, dim=20, distribution="normal",
+                       normalize="norm", generator="threefry", block_rows=None)
+  # The default block size is resolved once and kept by dataclasses.replace.
+  assert a.block_rows == projection.default_block_rows(300, 20)
+  assert a.num_blocks == -(-20 // a.block_rows)
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    a.dim = 3
+  b = dataclasses.replace(a, key=jax.random.key(1))
+  assert (b.n, b.dim, b.block_rows, b.generator) == (300, 20, a.block_rows, "threefry")
+  np.testing.assert_array_equal(
+      np.asarray(b.block(jnp.asarray(0))[0]),
+      np.asarray(dirs.sample_rows(dirs.row_keys(jax.random.key(1), jnp.arange(b.block_rows)),
+                                  300, generator="threefry")))
+  assert projection.Basis(None, n=300, dim=4, distribution="normal", normalize="norm",
+                          generator="hash", block_rows=16).block_rows == 4
 
 
 def test_directions_identical_on_one_and_eight_devices():

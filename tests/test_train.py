@@ -4,6 +4,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from random_bases import config_lib, input_pipeline, train
+from random_bases import config_lib, train
+from random_bases import data as data_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -40,7 +42,7 @@ def tiny_config(method="rbd", **overrides):
 
 
 def initial_test_loss(config):
-  data = input_pipeline.load_dataset("mnist", source="sample", holdout_size=400)
+  data = data_lib.load_dataset("mnist", source="sample", holdout_size=400)
   trainer = train.Trainer(config, data)
   return trainer.evaluate(trainer.initial_state())["test_loss"]
 
@@ -86,6 +88,9 @@ def test_outputs_written_to_workdir(tmp_path):
   train.train_and_evaluate(tiny_config(**{"train.epochs": 2}), str(tmp_path))
   config = json.loads((tmp_path / "config.json").read_text())
   assert config["bases"]["d"] == 50
+  data_record = json.loads((tmp_path / "data.json").read_text())
+  assert (data_record["dataset"], data_record["sample"], data_record["images"]) == (
+      "mnist", True, {"train": 1600, "validation": 400, "test": 1000})
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert [l["epoch"] for l in lines] == [1, 2]
   assert {"validation_accuracy", "test_accuracy", "train_loss", "images_per_second"} <= set(lines[0])
@@ -162,11 +167,46 @@ def test_resnet8_on_cifar_files_with_batch_norm(tmp_path):
   assert np.abs(np.asarray(stats)).max() > 0  # BN statistics moved: state, not bases
 
 
-def test_early_stopping_on_divergence(tmp_path):
-  config = tiny_config("sgd", **{"learning_rate.sgd": 1e6, "train.epochs": 3,
-                                 "train.early_stopping": True, "train.checkpoint": False})
-  result = train.train_and_evaluate(config, str(tmp_path))
-  assert len(result["history"]) == 1 and "NaN or > 1000" in result["stopped"]
+def test_a_diverging_run_stops_with_training_diverged(tmp_path):
+  # Before: the loss went NaN, the run trained to the end, exited 0 and wrote bare NaN.
+  config = tiny_config("sgd", **{"learning_rate.sgd": 1e6, "train.epochs": 3})
+  with pytest.raises(train.TrainingDiverged,
+                     match=r"epoch 1, steps 1-15: the train loss is (nan|inf)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "metrics.jsonl").exists()  # no epoch was done
+  assert os.listdir(tmp_path / "checkpoints") == []
+
+
+@pytest.mark.parametrize("epochs_done,record,expected", [
+    (1, {"validation_loss": 1000.5, "validation_accuracy": 0.5},
+     "validation loss 1000.5 > 1000.0"),
+    (1, {"validation_loss": 999.0, "validation_accuracy": 0.1}, None),
+    (4, {"validation_loss": 2.0, "validation_accuracy": 0.15},
+     "validation accuracy 0.150 <= 0.15 after epoch 4"),
+    (4, {"validation_loss": 2.0, "validation_accuracy": 0.16}, None),
+    (4, {"heldout_loss": 2.0, "heldout_accuracy": 0.1, "test_loss": 1.0,
+         "test_accuracy": 0.9}, "heldout accuracy 0.100 <= 0.15 after epoch 4"),
+])
+def test_early_stopping_rule(epochs_done, record, expected):
+  config = tiny_config(**{"train.early_stopping": True})
+  assert train.should_stop(config, epochs_done, record) == expected
+  config.train.early_stopping = False
+  assert train.should_stop(config, epochs_done, record) is None
+
+
+def test_an_early_stopped_run_stays_stopped_when_rerun(tmp_path):
+  config = tiny_config(**{"train.early_stopping": True, "train.epochs": 2,
+                          "train.steps_per_epoch": 5, "train.log_every_steps": 5})
+  first = train.train_and_evaluate(config, str(tmp_path))
+  assert first["stopped"] is None and len(first["history"]) == 2
+  # Make epoch 2's line one the rule stops at, then extend the run: an
+  # uninterrupted run would have stopped after epoch 2.
+  lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  lines[-1]["validation_loss"] = 5000.0
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+  config.train.epochs = 3
+  rerun = train.train_and_evaluate(config, str(tmp_path))
+  assert rerun["history"] == [] and "validation loss 5000.0 > 1000.0" in rerun["stopped"]
 
 
 @pytest.mark.parametrize("overrides,match", [
@@ -178,13 +218,20 @@ def test_early_stopping_on_divergence(tmp_path):
     ({"bases.compartments": "layers"}, r"bases.compartments='layers'"),
     ({"phases": "rbd:1,sgd:5"}, r"cover 6 epochs but train.epochs=1"),
     ({"learning_rate.rbd": -1.0}, r"learning_rate.rbd=-1.0 must be > 0"),
+    ({"learning_rate.rbd": float("inf")}, r"learning_rate.rbd=inf must be a finite number"),
+    ({"bases.compartments": "re:conv;.*"}, r"bases.compartments='re:conv;.\*'"),
+    ({"bases.d": 200_000}, r"do not fit model 'fc' \(101770 parameters"),
+    ({"data.source": "files", "data.holdout_size": 60_000},
+     r"data.holdout_size=60000 must be smaller than the 60000 training images"),
+    ({"train.batch_size": 5000}, r"train.batch_size=5000 exceeds the 1600 training images"),
 ])
-def test_bad_config_fails_before_loading_or_compiling(overrides, match, tmp_path, monkeypatch):
+def test_bad_config_fails_before_loading_or_writing(overrides, match, tmp_path, monkeypatch):
   def no_loading(*args, **kwargs):
     raise AssertionError("data was loaded before the config was validated")
-  monkeypatch.setattr(input_pipeline, "load_dataset", no_loading)
+  monkeypatch.setattr(data_lib, "load_dataset", no_loading)
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path))
+    train.train_and_evaluate(tiny_config(**overrides), str(tmp_path / "run"))
+  assert not (tmp_path / "run").exists()
 
 
 def run_main(*args, cwd=ROOT):
@@ -193,25 +240,73 @@ def run_main(*args, cwd=ROOT):
                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
-def test_command_line_runs_with_overrides_and_shows_progress(tmp_path):
+def test_command_line_runs_resumes_and_refuses_another_config(tmp_path):
   out = run_main("--config=configs/default.py:runlocal", f"--workdir={tmp_path}",
                  "--config.train.epochs=1", "--config.bases.d=20")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "img/s" in out.stderr and "ETA" in out.stderr and "SAMPLE" in out.stderr
-  assert json.loads((tmp_path / "config.json").read_text())["bases"]["d"] == 20
+  record = json.loads((tmp_path / "metrics.jsonl").read_text())
+  # The end of the run says where the results are and what they are.
+  assert f"Results in {tmp_path}: metrics.jsonl, tensorboard/, checkpoints/" in out.stderr
+  assert (f"validation accuracy {record['validation_accuracy']:.4f}, test accuracy "
+          f"{record['test_accuracy']:.4f}") in out.stderr
+  config_json = (tmp_path / "config.json").read_text()
+  assert json.loads(config_json)["bases"]["d"] == 20
+  # Issue 7.1: a different config stops before anything is written.
+  out = run_main("--config=configs/default.py:runlocal", f"--workdir={tmp_path}",
+                 "--config.train.epochs=2", "--config.bases.d=10")
+  assert out.returncode == 1
+  assert "WorkdirMismatch: workdir" in out.stderr and "  bases.d: 20 -> 10\n" in out.stderr
+  assert "Traceback" not in out.stderr
+  assert (tmp_path / "config.json").read_text() == config_json
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
 
 
-def test_command_line_rejects_unknown_override_key(tmp_path):
-  out = run_main("--config=configs/default.py", f"--workdir={tmp_path}",
-                 "--config.train.epochz=3")
-  assert out.returncode != 0
-  assert "epochz" in out.stderr
-  assert not (tmp_path / "config.json").exists()
+def test_command_line_rejects_unknown_override_key_in_one_line(tmp_path):
+  # Before: 55 lines of traceback ending in AttributeError "'dd'".
+  out = run_main("--config=configs/default.py", f"--workdir={tmp_path / 'run'}",
+                 "--config.bases.dd=3")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == [
+      "FATAL Flags parsing error: --config.bases.dd=3: config field 'bases.dd' does not "
+      "exist; fields of bases: allocation, block_rows, compartments, coordinates, d, "
+      "distribution, generator, normalize"]
+  assert not (tmp_path / "run").exists()
 
 
-def test_config_argument_parsing():
-  assert config_lib.parse_arg("runlocal", runlocal=False).runlocal is True
-  arg = config_lib.parse_arg("model=cnn,d=500", model="fc", d=250)
-  assert (arg.model, arg.d) == ("cnn", 500)
-  with pytest.raises(ValueError, match="config argument 'x' is unknown; allowed: d, model"):
-    config_lib.parse_arg("x=1", model="fc", d=250)
+def test_command_line_rejects_non_finite_values_before_writing(tmp_path):
+  out = run_main("--config=configs/default.py", f"--workdir={tmp_path / 'run'}",
+                 "--config.learning_rate.rbd=inf")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1] == (
+      "Invalid config: learning_rate.rbd=inf must be a finite number")
+  assert not (tmp_path / "run").exists()
+
+
+def test_command_line_exits_1_when_training_diverges(tmp_path):
+  out = run_main("--config=configs/default.py:runlocal", f"--workdir={tmp_path}",
+                 "--config.method=sgd", "--config.learning_rate.sgd=1e6")
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "TrainingDiverged: epoch 1, steps 1-10: the train loss is")
+  assert "Traceback" not in out.stderr
+
+
+def test_command_line_describes_fields_and_config_files(tmp_path):
+  out = run_main("--describe")
+  assert out.returncode == 0, out.stderr[-3000:]
+  for field in config_lib.FIELDS:
+    assert any(line.startswith(field.name + " ") and field.meaning in line
+               for line in out.stdout.splitlines()), field.name
+  files = [line.split()[0] for line in out.stdout.split("Config files in configs")[1]
+           .splitlines()[1:]]
+  assert files == sorted(p.name for p in (ROOT / "configs").glob("*.py")
+                         if "\ndef get_config(" in p.read_text())
+  assert re.search(r"\n  default.py +FC on MNIST trained by RBD with d = 250: the main job, "
+                   r"a short run.\n", out.stdout)
+  # The config files are found next to --config, wherever the command runs.
+  out = run_main(f"--config={ROOT / 'configs' / 'default.py'}:runlocal", "--describe",
+                 cwd=tmp_path)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "train.epochs                  2 (default 100)" in out.stdout
+  assert re.search(r"\n  default.py +FC on MNIST", out.stdout)

@@ -91,7 +91,8 @@ CASES = [
     ("leaf", 8, "proportional", [[p] for p in PATHS], [1, 4, 1, 2]),
     ((r"bias", r".*"), (3, 5), "proportional",
      [["dense/bias", "out/bias"], ["dense/kernel", "out/kernel"]], [3, 5]),
-    ("leaf", 2.0, "compression", [[p] for p in PATHS], [10, 10, 10, 10]),
+    # max(ceil(n_k / 2), 10) capped at n_k = 3, 12, 2, 6.
+    ("leaf", 2.0, "compression", [[p] for p in PATHS], [3, 10, 2, 6]),
 ]
 
 
@@ -167,9 +168,10 @@ def test_expected_update_is_proportional_to_gradient():
   # so E[P P^T g] = (d / D) g.
   g = make_grad(3)
   D, d, steps = 23, 3, 1500
-  tx = jax.jit(rb.scale_by_random_bases(d, seed=9).update)
+  transform = rb.scale_by_random_bases(d, seed=9)
+  tx = jax.jit(transform.update)
   total = np.zeros(D)
-  state = rb.ScaleByRandomBasesState(count=jnp.zeros([], jnp.int32))
+  state = transform.init(g)
   for _ in range(steps):
     update, state = tx(g, state)
     total += reference.flat(update)
@@ -279,7 +281,7 @@ def test_memory_does_not_grow_with_d():
   D, d = 100_000, 4096
   tx = rb.scale_by_random_bases(d)
   g = {"w": jax.ShapeDtypeStruct((D,), jnp.float32)}
-  state = rb.ScaleByRandomBasesState(count=jax.ShapeDtypeStruct((), jnp.int32))
+  state = jax.eval_shape(tx.init, g)
   compiled = jax.jit(tx.update).lower(g, state).compile()
   temp = compiled.memory_analysis().temp_size_in_bytes
   assert temp < 64 * 2**20, temp
@@ -377,6 +379,12 @@ def test_factory_rejects_bad_arguments(kwargs, match):
     (dict(d=3, compartments="leaf"), r"gets d_k=0 directions"),
     (dict(d=[1, 2, 3], compartments="module"), r"d has 3 entries but there are 2"),
     (dict(d=4, compartments=100), r"more than the 23 parameters"),
+    # 24 unit directions in R^23 would scale the update up by about 24/23.
+    (dict(d=24), r"compartment 'all' \(23 parameters\) gets d_k=24 directions; "
+                 r"every compartment needs d_k <= n_k"),
+    (dict(d=3, compartments="leaf", allocation="fixed"),
+     r"compartment 'out/bias' \(2 parameters\) gets d_k=3"),
+    (dict(d=[2, 9], compartments="module"), r"compartment 'out' \(8 parameters\) gets d_k=9"),
 ])
 def test_init_rejects_compartments_that_do_not_fit(kwargs, match):
   tx = rb.scale_by_random_bases(**kwargs)
@@ -385,7 +393,7 @@ def test_init_rejects_compartments_that_do_not_fit(kwargs, match):
 
 
 def test_fpd_fixes_redraw_and_update_needs_an_input():
-  with pytest.raises(ValueError, match="redraw"):
+  with pytest.raises(TypeError, match="redraw"):
     rb.fpd(0.1, 4, redraw=True)
   tx = rb.scale_by_random_bases(4)
   state = tx.init(make_params())
@@ -393,3 +401,45 @@ def test_fpd_fixes_redraw_and_update_needs_an_input():
     tx.update(None, state)
   with pytest.raises(ValueError, match="needs params"):
     tx.update(None, state, None, value_fn=loss_fn)
+
+
+def test_more_directions_than_parameters_was_an_update_longer_than_the_gradient():
+  # What d_k > n_k would do: P P^T of 100 unit directions in R^20 has
+  # eigenvalues near 100/20, so the "projection" is about 5x the gradient.
+  p = reference.dense_basis(0, 0, 0, 0, 100, 20)
+  g = np.linspace(-1.0, 1.0, 20)
+  assert np.linalg.norm(p @ (p.T @ g)) > 3 * np.linalg.norm(g)
+  tx = rb.scale_by_random_bases(100, generator="threefry")
+  with pytest.raises(ValueError, match=r"'all' \(20 parameters\) gets d_k=100"):
+    tx.init({"w": jnp.asarray(g, jnp.float32)})
+
+
+@pytest.mark.parametrize("received,match", [
+    ({"v": jnp.ones(20)}, r"updates does not match the parameters given to init: "
+                          r"missing 'w' \(20,\); unexpected 'v' \(20,\)"),
+    ({"w": jnp.ones(21)}, r"'w' has shape \(21,\), expected \(20,\)"),
+    ({"w": jnp.ones((4, 5))}, r"'w' has shape \(4, 5\), expected \(20,\)"),
+    ({"w": jnp.ones(20), "b": jnp.ones(3)}, r"given to init: unexpected 'b' \(3,\)"),
+])
+def test_update_rejects_a_gradient_unlike_the_params_of_init(received, match):
+  tx = rb.rbd(0.1, 2, seed=0)
+  state = tx.init({"w": jnp.ones(20)})
+  with pytest.raises(ValueError, match=match):
+    tx.update(received, state, received)
+  with pytest.raises(ValueError, match=match):  # at trace time, under jit
+    jax.jit(tx.update)(received, state, received)
+
+
+def test_update_rejects_another_container_with_the_same_paths():
+  tx = rb.scale_by_random_bases(2)
+  state = tx.init((jnp.ones(20),))
+  with pytest.raises(ValueError, match=r"structure PyTreeDef\(\[\*\]\), "
+                                       r"expected PyTreeDef\(\(\*,\)\)"):
+    tx.update([jnp.ones(20)], state)
+
+
+def test_forward_mode_rejects_params_unlike_those_of_init():
+  tx = rb.scale_by_random_bases(2)
+  state = tx.init({"w": jnp.ones(20)})
+  with pytest.raises(ValueError, match=r"params does not match.*'w' has shape \(21,\)"):
+    tx.update(None, state, {"w": jnp.ones(21)}, value_fn=lambda p: jnp.sum(p["w"]))

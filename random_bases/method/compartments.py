@@ -28,10 +28,19 @@ Allocation of directions (``allocation=``, with ``d``):
   fractional parts (ties to the earlier compartment), so the d_k sum to d.
 * ``"fixed"`` — every compartment gets ``d`` (total K d; Fig. B.10's 5 x 250).
 * ``"compression"`` — ``d`` is read as a compression factor c:
-  ``d_k = max(ceil(n_k / c), 10)``, rounded up to even. With per-tensor
-  compartments this reproduces Table 3's d exactly (c = 10, 25, 50, 100 give
-  7,982, 3,328, 1,782, 1,018 on ResNet-8).
+  ``d_k = max(ceil(n_k / c), 10)``, rounded up to even, and at most n_k (a
+  compartment with fewer parameters than that gets one direction per
+  parameter). With per-tensor compartments this reproduces Table 3's d
+  exactly (c = 10, 25, 50, 100 give 7,982, 3,328, 1,782, 1,018 on ResNet-8).
 * a sequence of ints for ``d`` gives every compartment's d explicitly.
+
+Every compartment needs ``1 <= d_k <= n_k``: more unit directions than
+dimensions span nothing new and make ``P P^T`` scale the projected gradient
+up (its eigenvalues are about d_k / n_k), so ``make_layout`` rejects it.
+
+``make_layout`` reads only shapes and dtypes, so it accepts a tree of
+``jax.ShapeDtypeStruct`` (e.g. from ``jax.eval_shape``): a trainer can check a
+configuration against its model before loading data or compiling anything.
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from random_bases.checks import check_choice
 
 ALLOCATIONS = ("proportional", "fixed", "compression")
 SCHEMES = ("leaf", "module")
@@ -152,10 +163,7 @@ def validate_scheme(compartments) -> None:
 
 def validate_allocation(d, allocation: str) -> None:
   """Checks ``d`` and ``allocation`` without seeing any parameters."""
-  if allocation not in ALLOCATIONS:
-    raise ValueError(
-        f"allocation={allocation!r} is not supported; allowed values: "
-        + ", ".join(repr(a) for a in ALLOCATIONS))
+  check_choice("allocation", allocation, ALLOCATIONS)
   if isinstance(d, Sequence) and not isinstance(d, str):
     if allocation == "compression":
       raise ValueError("d must be a single compression factor when "
@@ -219,7 +227,7 @@ def allocate(sizes: Sequence[int], d, allocation: str) -> list[int]:
     return [int(d)] * len(sizes)
   if allocation == "compression":
     dims = [max(math.ceil(n / d), MIN_COMPRESSED_DIM) for n in sizes]
-    return [k + (k % 2) for k in dims]
+    return [min(k + (k % 2), n) for k, n in zip(dims, sizes)]
   total = sum(sizes)
   exact = [d * n / total for n in sizes]
   dims = [math.floor(x) for x in exact]
@@ -234,10 +242,21 @@ def make_layout(tree, *, d, compartments=None,
                 allocation: str = "proportional") -> BasisLayout:
   """Builds the layout for a parameter pytree (shapes only are read).
 
+  Args:
+    tree: the parameters, or any pytree of the same structure whose leaves
+      have ``shape`` (and optionally ``dtype``), such as
+      ``jax.ShapeDtypeStruct``.
+    d: directions; see the module docstring.
+    compartments: the compartment scheme; see the module docstring.
+    allocation: ``'proportional'``, ``'fixed'`` or ``'compression'``.
+
+  Returns:
+    The ``BasisLayout``.
+
   Raises:
-    ValueError: when a rule covers no parameter, a parameter is covered by no
-      rule, there are more slices than parameters, or a compartment gets
-      d_k <= 0 directions.
+    ValueError: when the tree has no leaves, a rule covers no parameter, a
+      parameter is covered by no rule, there are more slices than
+      parameters, or a compartment gets d_k < 1 or d_k > n_k directions.
   """
   validate_scheme(compartments)
   validate_allocation(d, allocation)
@@ -271,6 +290,12 @@ def make_layout(tree, *, d, compartments=None,
           f"compartment {name!r} ({n} parameters) gets d_k={k} directions; "
           f"every compartment needs d_k >= 1: raise d (now {d}), use "
           "allocation='fixed', or use fewer compartments")
+    if k > n:
+      raise ValueError(
+          f"compartment {name!r} ({n} parameters) gets d_k={k} directions; "
+          f"every compartment needs d_k <= n_k, its number of parameters: "
+          f"lower d (now {d}), use fewer compartments, or use "
+          "allocation='compression', which caps d_k at n_k")
   starts = np.concatenate([[0], np.cumsum(slice_sizes)[:-1]]).astype(int)
   comps = tuple(Compartment(name, int(s), int(n), int(k))
                 for name, s, n, k in zip(names, starts, slice_sizes, dims))

@@ -17,21 +17,14 @@ Two generators turn a row key into ``n`` numbers:
   of a 32-bit integer mixer (xor-shift-multiply, Wellons' ``lowbias32``
   constants). Uniforms take the top 24 bits, Bernoulli signs the top bit.
   Normals come from the Box–Muller transform, which turns each pair of
-  uniforms (u, v) into two independent exact normals
-  sqrt(-2 ln u) (cos 2 pi v, sin 2 pi v). XLA's general sin/cos were the
-  bottleneck, so ln, sin and cos are float32 polynomials on reduced ranges
-  (ln through the exponent/mantissa split, sin and cos on one octant, mapped
-  to the others by the square's symmetries) that agree with the true
-  functions to float32 rounding. On 2 CPU cores it draws 5-6x more normals
-  per second than threefry, and over 10x more uniform or Bernoulli numbers
-  (``experiments/benchmark.py``, BENCHMARKS.md). ``tests/test_generators.py``
-  checks its moments, normality (KS), tails and independence across columns,
-  rows, steps, workers and compartments, and that training with it matches
-  training with threefry. It is the default because it lets RBD run at the
-  speed of random-number generation on a CPU.
-* ``"threefry"`` — ``jax.random`` itself (the reference generator, and what
-  ``tests/reference.py`` rebuilds bases with). Select it with
-  ``generator="threefry"``.
+  uniforms (u, v) into two independent normals
+  sqrt(-2 ln u) (cos 2 pi v, sin 2 pi v); ln, sin and cos are float32
+  polynomials on reduced ranges (ln through the exponent/mantissa split, sin
+  and cos on one octant, mapped to the others by the square's symmetries)
+  that agree with the true functions to float32 rounding, because XLA's
+  general sin/cos would dominate the cost of a step.
+* ``"threefry"`` — ``jax.random`` itself, the reference generator. Select it
+  with ``generator="threefry"``.
 
 Both are pure functions of the same ``fold_in`` keys, bit-identical eager or
 under ``jit`` and for any block size; they draw different numbers.
@@ -49,6 +42,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from random_bases.checks import check_choice
+
 DISTRIBUTIONS = ("normal", "uniform", "bernoulli")
 GENERATORS = ("threefry", "hash")
 DEFAULT_GENERATOR = "hash"
@@ -60,25 +55,24 @@ NORMALIZATIONS = ("norm", "expected", "none")
 SECOND_MOMENT = {"normal": 1.0, "uniform": 1.0 / 3.0, "bernoulli": 1.0}
 
 
-def check_choice(name: str, value, allowed) -> None:
-  """Raises a ValueError naming the argument and its allowed values."""
-  if value not in allowed:
-    raise ValueError(
-        f"{name}={value!r} is not supported; allowed values: "
-        + ", ".join(repr(a) for a in allowed))
-
-
 def base_key(seed) -> jax.Array:
-  """A typed PRNG key from an int seed or an existing (typed or raw) key."""
+  """A typed PRNG key from an int seed or an existing (typed or raw) key.
+
+  An integer scalar array counts as an int seed (``optax.inject_hyperparams``
+  passes numeric arguments that way), traced or not.
+  """
   if isinstance(seed, (int, np.integer)) and not isinstance(seed, bool):
     return jax.random.key(int(seed))
   if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
     return seed
+  if (isinstance(seed, (jax.Array, np.ndarray)) and seed.shape == ()
+      and jnp.issubdtype(seed.dtype, jnp.integer)):
+    return jax.random.key(seed)
   if (isinstance(seed, (jax.Array, np.ndarray)) and seed.dtype == np.uint32
       and seed.shape[-1:] == (2,)):
     return jax.random.wrap_key_data(seed)
-  raise ValueError(f"seed={seed!r} must be an int, a typed PRNG key "
-                   "(jax.random.key) or raw uint32[2] key data")
+  raise ValueError(f"seed={seed!r} must be an int (or integer scalar array), "
+                   "a typed PRNG key (jax.random.key) or raw uint32[2] key data")
 
 
 def compartment_key(seed, *, step, worker, compartment) -> jax.Array:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from random_bases.checks import check_choice
 from random_bases.method import compartments as comp_lib
 from random_bases.method import directions as dirs
 from random_bases.method import projection
@@ -76,8 +77,8 @@ def nes_gradient(loss_fn, params, *, key, d: int, sigma: float = 0.01,
     raise ValueError(f"d={d} must be even when antithetic=True")
   if not sigma > 0:
     raise ValueError(f"sigma={sigma!r} must be > 0")
-  dirs.check_choice("fitness", fitness, FITNESS)
-  dirs.check_choice("generator", generator, dirs.GENERATORS)
+  check_choice("fitness", fitness, FITNESS)
+  check_choice("generator", generator, dirs.GENERATORS)
 
   layout = comp_lib.make_layout(params, d=1)
   num_directions = d // 2 if antithetic else d

@@ -17,6 +17,7 @@ not to the block, which saves a pass over the block.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -53,24 +54,40 @@ def default_block_rows(n: int, dim: int, backend: str | None = None) -> int:
   return -(-dim // num_blocks)
 
 
+# Compared and hashed by identity (eq=False): it holds a key array, which has
+# neither a hash nor a single truth value.
+@dataclasses.dataclass(frozen=True, eq=False)
 class Basis:
-  """One basis: its key, size and the settings that make its directions."""
+  """One basis of ``dim`` directions in R^n: its key and how rows are made.
 
-  def __init__(self, key: jax.Array, *, n: int, dim: int, distribution: str,
-               normalize: str, generator: str, block_rows: int | None):
-    self.key = key
-    self.n = n
-    self.dim = dim
-    self.distribution = distribution
-    self.normalize = normalize
-    self.generator = generator
-    self.block_rows = min(block_rows or default_block_rows(n, dim), dim)
-    self.num_blocks = -(-dim // self.block_rows)
+  Attributes:
+    key: typed PRNG key of the basis (``directions.compartment_key``).
+    n: length of every direction.
+    dim: number of directions.
+    distribution: one of ``directions.DISTRIBUTIONS``.
+    normalize: ``'norm'``, ``'expected'`` or ``'none'``.
+    generator: one of ``directions.GENERATORS``.
+    block_rows: directions generated at a time; None picks
+      ``default_block_rows(n, dim)``. Never more than ``dim``.
+  """
+  key: jax.Array | None
+  _: dataclasses.KW_ONLY
+  n: int
+  dim: int
+  distribution: str
+  normalize: str
+  generator: str
+  block_rows: int | None = None
 
-  def with_key(self, key: jax.Array) -> Basis:
-    return Basis(key, n=self.n, dim=self.dim, distribution=self.distribution,
-                 normalize=self.normalize, generator=self.generator,
-                 block_rows=self.block_rows)
+  def __post_init__(self):
+    # Resolved once, so every loop over the basis sees the same block size
+    # (and dataclasses.replace keeps it).
+    rows = min(self.block_rows or default_block_rows(self.n, self.dim), self.dim)
+    object.__setattr__(self, "block_rows", rows)
+
+  @property
+  def num_blocks(self) -> int:
+    return -(-self.dim // self.block_rows)
 
   def block(self, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Raw rows [B, n], their scales [B], and which rows exist (< dim)."""
@@ -82,11 +99,13 @@ class Basis:
                            distribution=self.distribution)
     return raw, scale, rows < self.dim
 
-  def _padded(self, coords: jax.Array) -> jax.Array:
+  def blocks_of(self, coords: jax.Array) -> jax.Array:
+    """Coordinates [dim] as [num_blocks, block_rows], zero-padded."""
     pad = self.num_blocks * self.block_rows - self.dim
     return jnp.pad(coords, (0, pad)).reshape(self.num_blocks, self.block_rows)
 
-  def _expansion_weights(self, coords, scale):
+  def expansion_weights(self, coords: jax.Array, scale: jax.Array) -> jax.Array:
+    """Weights of the raw rows in ``Phi^T coords``: coords times each row's scale."""
     # Without normalisation the reference code divides the projection by d.
     if self.normalize == "none":
       return coords * (scale / self.dim)
@@ -116,10 +135,10 @@ def expand(basis: Basis, coords: jax.Array, out: jax.Array | None = None) -> jax
   def body(u, xs):
     b, c = xs
     raw, scale, _ = basis.block(b)
-    weights = basis._expansion_weights(c, scale)
+    weights = basis.expansion_weights(c, scale)
     return u + jnp.dot(weights, raw, precision=jax.lax.Precision.HIGHEST), None
   u, _ = jax.lax.scan(body, out, (jnp.arange(basis.num_blocks),
-                                  basis._padded(coords)))
+                                  basis.blocks_of(coords)))
   return u
 
 
@@ -129,7 +148,7 @@ def project_and_expand(basis: Basis, coordinate_fn: CoordinateFn
   def body(u, b):
     raw, scale, valid = basis.block(b)
     c = jnp.where(valid, coordinate_fn(raw, scale), 0.0)
-    weights = basis._expansion_weights(c, scale)
+    weights = basis.expansion_weights(c, scale)
     u = u + jnp.dot(weights, raw, precision=jax.lax.Precision.HIGHEST)
     return u, c
   u, c = jax.lax.scan(body, jnp.zeros((basis.n,), jnp.float32),

@@ -6,24 +6,60 @@ Dimensional Random Bases", NeurIPS 2020 (arXiv:2011.04720).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from random_bases.checks import check_choice
 from random_bases.method import compartments as comp_lib
 from random_bases.method import directions as dirs
 from random_bases.method import projection
 
 
-class ScaleByRandomBasesState(NamedTuple):
-  """State of ``scale_by_random_bases``: the number of updates so far.
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class ParamsSignature:
+  """Structure, leaf paths and leaf shapes of a parameter pytree.
 
-  The step count keys the basis, so the whole stream of bases is a pure
-  function of (seed, count): nothing else is stored, whatever d is.
+  Registered as static pytree data (a node without children): it costs
+  nothing under ``jit``, is not written to checkpoints, and is known at trace
+  time.
   """
-  count: jax.Array  # int32 scalar
+  treedef: jax.tree_util.PyTreeDef
+  paths: tuple[str, ...]
+  shapes: tuple[tuple[int, ...], ...]
+
+  @classmethod
+  def of(cls, tree) -> ParamsSignature:
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    return cls(treedef, tuple(comp_lib.path_string(p) for p, _ in with_paths),
+               tuple(tuple(np.shape(x)) for _, x in with_paths))
+
+
+# What init records for a tree without leaves. optax.tree.map_params calls
+# init with such a tree (its placeholder) to find the parameter-shaped fields
+# of the state; the signature is not one. Being a pytree leaf, unlike a
+# ParamsSignature (a node, which would have to equal the real one), it makes
+# map_params keep the real signature, or hand it to transform_non_params.
+NO_PARAMETERS = "no parameters"
+
+
+class ScaleByRandomBasesState(NamedTuple):
+  """State of ``scale_by_random_bases``.
+
+  Attributes:
+    count: int32 scalar, the number of updates so far. With the seed it keys
+      every basis, so nothing about the bases is stored, whatever d is.
+    param_signature: the ``ParamsSignature`` of the parameters given to
+      ``init``, so that ``update`` rejects a gradient of another structure or
+      shape at trace time (``NO_PARAMETERS`` for a tree without leaves).
+  """
+  count: jax.Array
+  param_signature: ParamsSignature | str
 
 
 def _normalize_mode(normalize) -> str:
@@ -31,8 +67,35 @@ def _normalize_mode(normalize) -> str:
     return "norm"
   if normalize is False:
     return "none"
-  dirs.check_choice("normalize", normalize, (True, False) + dirs.NORMALIZATIONS)
+  check_choice("normalize", normalize, (True, False) + dirs.NORMALIZATIONS)
   return normalize
+
+
+def _check_like_init(signature, tree, what: str) -> None:
+  """Raises a ValueError unless ``tree`` has the structure and shapes of init's."""
+  received = ParamsSignature.of(tree)
+  if received == signature:
+    return
+  if not isinstance(signature, ParamsSignature):
+    if received.paths:
+      raise ValueError(f"{what} has parameters {list(received.paths)} but init "
+                       "was given a tree without any")
+    return  # no leaves on either side: make_layout says so
+  expected_shapes = dict(zip(signature.paths, signature.shapes))
+  received_shapes = dict(zip(received.paths, received.shapes))
+  differences = [f"missing {p!r} {s}" for p, s in expected_shapes.items()
+                 if p not in received_shapes]
+  differences += [f"unexpected {p!r} {s}" for p, s in received_shapes.items()
+                  if p not in expected_shapes]
+  differences += [f"{p!r} has shape {received_shapes[p]}, expected {s}"
+                  for p, s in expected_shapes.items()
+                  if p in received_shapes and received_shapes[p] != s]
+  if not differences:  # the same paths and shapes in other containers
+    differences = [f"structure {received.treedef}, expected {signature.treedef}"]
+  shown = "; ".join(differences[:8])
+  if len(differences) > 8:
+    shown += f"; and {len(differences) - 8} more"
+  raise ValueError(f"{what} does not match the parameters given to init: {shown}")
 
 
 # Forward mode runs one forward pass per direction in a block; fewer rows
@@ -74,14 +137,6 @@ def scale_by_random_bases(
   ``fold_in(seed, step, worker, compartment, i)`` one block of rows at a time
   (see ``random_bases.method.directions``), so memory does not grow with d.
 
-  **Generator.** On a CPU a step costs about d x D random numbers, so their
-  generator sets the speed. The default, ``'hash'``, is a counter hash with
-  float32-polynomial Box-Muller normals, several times faster than
-  ``jax.random``'s threefry and tested for its statistics and for matching
-  threefry's training accuracy (tests/test_generators.py; BENCHMARKS.md has
-  the timings). ``generator='threefry'`` gives ``jax.random``'s numbers, the
-  reference; the two draw different directions for the same seed.
-
   **Coordinates.** Reverse mode (default): ``updates`` is the gradient g and
   :math:`c = P^\top g`. Forward mode: pass the loss through optax's extra
   arguments, ``update(None, state, params, value_fn=loss_of_params)``; then
@@ -98,9 +153,10 @@ def scale_by_random_bases(
   Args:
     d: number of directions: the total when ``allocation='proportional'``,
       per compartment when ``'fixed'``, the compression factor c when
-      ``'compression'``, or a sequence of per-compartment counts.
-    seed: int or PRNG key that, with the step, worker and compartment, keys
-      every basis.
+      ``'compression'``, or a sequence of per-compartment counts. Every
+      compartment needs between 1 and n_k directions.
+    seed: int (or integer scalar array) or PRNG key that, with the step,
+      worker and compartment, keys every basis.
     redraw: draw a new basis every step (RBD) or keep the first (FPD).
     distribution: ``'normal'``, ``'uniform'`` (U[-1, 1]) or ``'bernoulli'``
       (+-1 with p = 0.5).
@@ -113,20 +169,20 @@ def scale_by_random_bases(
       ``random_bases.method.compartments``.
     allocation: ``'proportional'``, ``'fixed'`` or ``'compression'``.
     axis_name: mapped axis of the workers, or None for a single worker.
-    generator: ``'hash'`` (default), a counter hash keyed by the same keys
-      with float32-polynomial Box-Muller normals, 5-6x faster than threefry
-      on CPU and statistically tested (moments, KS normality, tails,
-      independence; same training accuracy as threefry on MNIST), or
-      ``'threefry'`` (``jax.random``, the reference generator). See
-      ``random_bases.method.directions``. The two give different directions
-      for the same seed.
-    block_rows: directions generated at a time (a speed/memory knob only:
-      the update does not depend on it beyond float rounding). Default: rows
-      of about 2^21 elements on CPU (2^24 on accelerators), 16 in forward mode.
+    generator: ``'hash'`` (default), a counter hash of the same keys with
+      Box-Muller normals, or ``'threefry'`` (``jax.random``, the reference).
+      The two draw different directions for the same seed; see
+      ``random_bases.method.directions``.
+    block_rows: directions generated at a time, a speed/memory knob only (the
+      update does not depend on it beyond float rounding). Default: rows of
+      ``projection.DEFAULT_BLOCK_ELEMENTS`` elements, 16 in forward mode.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs``. Its ``init`` validates the
-    compartments against the parameters (raising ValueError before any jit).
+    An ``optax.GradientTransformationExtraArgs``. ``init`` checks the
+    compartments against the parameters (ValueError before any jit) and
+    records their structure and shapes; ``update`` raises ValueError, at
+    trace time, for a gradient (or, in forward mode, parameters) of another
+    structure or shape.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, random_bases
@@ -141,36 +197,48 @@ def scale_by_random_bases(
   References:
     Gressmann, Eaton-Rosen & Luschi, NeurIPS 2020, §3 and Alg. 1.
   """
+  for name, value in (("d", d), ("compartments", compartments),
+                      ("block_rows", block_rows)):
+    if isinstance(value, jax.Array):
+      raise ValueError(
+          f"{name}={value!r} must be a Python value, not an array: it sets "
+          f"shapes. With optax.inject_hyperparams, list {name!r} in static_args")
   comp_lib.validate_allocation(d, allocation)
   comp_lib.validate_scheme(compartments)
-  dirs.check_choice("distribution", distribution, dirs.DISTRIBUTIONS)
-  dirs.check_choice("generator", generator, dirs.GENERATORS)
+  check_choice("distribution", distribution, dirs.DISTRIBUTIONS)
+  check_choice("generator", generator, dirs.GENERATORS)
   normalize_mode = _normalize_mode(normalize)
   if block_rows is not None and (isinstance(block_rows, bool) or
                                  not isinstance(block_rows, int) or block_rows < 1):
     raise ValueError(f"block_rows={block_rows!r} must be None or an int >= 1")
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name={axis_name!r} must be None or a string")
-  dirs.base_key(seed)  # rejects seeds that are neither ints nor keys
+  dirs.base_key(seed)  # rejects seeds that are neither integers nor keys
 
   def layout_of(tree):
     return comp_lib.make_layout(tree, d=d, compartments=compartments,
                                 allocation=allocation)
 
   def init_fn(params):
+    count = jnp.zeros([], jnp.int32)
+    if not jax.tree.leaves(params):  # e.g. optax.tree.map_params's placeholder
+      return ScaleByRandomBasesState(count=count, param_signature=NO_PARAMETERS)
     layout_of(params)
-    return ScaleByRandomBasesState(count=jnp.zeros([], jnp.int32))
+    return ScaleByRandomBasesState(count=count,
+                                   param_signature=ParamsSignature.of(params))
 
   def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
     del extra_args  # other transformations' extra arguments
     if value_fn is not None:
       if params is None:
         raise ValueError("forward mode (value_fn=...) needs params")
+      _check_like_init(state.param_signature, params, "params")
       layout = layout_of(params)
     else:
       if updates is None:
         raise ValueError("updates is None: pass the gradient, or pass "
                          "value_fn=loss_of_params and params for forward mode")
+      _check_like_init(state.param_signature, updates, "updates")
       layout = layout_of(updates)
     step = state.count if redraw else jnp.zeros([], jnp.int32)
 
@@ -188,7 +256,7 @@ def scale_by_random_bases(
              for c in layout.compartments]
 
     def basis_for(k, worker):
-      return bases[k].with_key(dirs.compartment_key(
+      return dataclasses.replace(bases[k], key=dirs.compartment_key(
           seed, step=step, worker=worker, compartment=k))
 
     if axis_name is None:
@@ -211,7 +279,8 @@ def scale_by_random_bases(
             jnp.zeros((basis.n,), jnp.float32)))
     new_updates = layout.unravel(jnp.concatenate(pieces))
     return new_updates, ScaleByRandomBasesState(
-        count=optax.safe_increment(state.count))
+        count=optax.safe_increment(state.count),
+        param_signature=state.param_signature)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -229,24 +298,100 @@ def _jvp_coordinates(value_fn, params, layout, compartment):
   return coordinate_fn
 
 
-def rbd(learning_rate, d, **kwargs) -> optax.GradientTransformationExtraArgs:
-  """Random bases descent: ``scale_by_random_bases`` then ``-learning_rate``.
+def rbd(
+    learning_rate: optax.ScalarOrSchedule,
+    d,
+    *,
+    seed=0,
+    redraw: bool = True,
+    distribution: str = "normal",
+    normalize: bool | str = True,
+    compartments=None,
+    allocation: str = "proportional",
+    axis_name: str | None = None,
+    generator: str = dirs.DEFAULT_GENERATOR,
+    block_rows: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Random bases descent: :math:`\theta \leftarrow \theta - \eta P_t P_t^\top g`.
+
+  ``scale_by_random_bases`` followed by ``optax.scale_by_learning_rate``;
+  the arguments after ``learning_rate`` are ``scale_by_random_bases``'s, which
+  describes them in full. Every keyword is spelled out, so
+  ``optax.inject_hyperparams`` can inject and schedule ``learning_rate``
+  (list the structural ``d``, and ``compartments`` or ``block_rows`` when
+  they are ints, in ``static_args``).
 
   Args:
-    learning_rate: float or optax schedule.
-    d: number of directions (see ``scale_by_random_bases``).
-    **kwargs: any other ``scale_by_random_bases`` argument.
+    learning_rate: the step size eta, a float or an optax schedule.
+    d: number of directions.
+    seed: int, integer scalar array or PRNG key of the bases.
+    redraw: a new basis every step (RBD) or the first one forever (FPD).
+    distribution: distribution of the directions' entries.
+    normalize: how each direction is scaled.
+    compartments: how the parameters are split into independent bases.
+    allocation: how ``d`` is split over the compartments.
+    axis_name: mapped axis of the workers, or None for a single worker.
+    generator: the random-number generator, ``'hash'`` or ``'threefry'``.
+    block_rows: directions generated at a time (speed/memory only).
 
   Returns:
-    ``optax.chain(scale_by_random_bases(d, **kwargs),
+    ``optax.chain(scale_by_random_bases(d, ...),
     optax.scale_by_learning_rate(learning_rate))``.
+
+  Example:
+    >>> tx = optax.inject_hyperparams(random_bases.rbd, static_args="d")(
+    ...     learning_rate=optax.linear_schedule(0.1, 0.01, 1000), d=50)
+
+  References:
+    Gressmann, Eaton-Rosen & Luschi, NeurIPS 2020, Alg. 1.
   """
-  return optax.chain(scale_by_random_bases(d, **kwargs),
-                     optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(
+      scale_by_random_bases(
+          d, seed=seed, redraw=redraw, distribution=distribution,
+          normalize=normalize, compartments=compartments,
+          allocation=allocation, axis_name=axis_name, generator=generator,
+          block_rows=block_rows),
+      optax.scale_by_learning_rate(learning_rate))
 
 
-def fpd(learning_rate, d, **kwargs) -> optax.GradientTransformationExtraArgs:
-  """Fixed projection descent (Li et al. 2018): RBD with ``redraw=False``."""
-  if "redraw" in kwargs:
-    raise ValueError("fpd fixes redraw=False; use rbd(...) to choose redraw")
-  return rbd(learning_rate, d, redraw=False, **kwargs)
+def fpd(
+    learning_rate: optax.ScalarOrSchedule,
+    d,
+    *,
+    seed=0,
+    distribution: str = "normal",
+    normalize: bool | str = True,
+    compartments=None,
+    allocation: str = "proportional",
+    axis_name: str | None = None,
+    generator: str = dirs.DEFAULT_GENERATOR,
+    block_rows: int | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Fixed projection descent: ``rbd`` with ``redraw=False``.
+
+  :math:`\theta \leftarrow \theta - \eta P_0 P_0^\top g` with one basis
+  kept forever, which trains :math:`\theta_0 + P_0 c` over c by SGD.
+
+  Args:
+    learning_rate: the step size eta, a float or an optax schedule.
+    d: number of directions.
+    seed: int, integer scalar array or PRNG key of the basis.
+    distribution: distribution of the directions' entries.
+    normalize: how each direction is scaled.
+    compartments: how the parameters are split into independent bases.
+    allocation: how ``d`` is split over the compartments.
+    axis_name: mapped axis of the workers, or None for a single worker.
+    generator: the random-number generator, ``'hash'`` or ``'threefry'``.
+    block_rows: directions generated at a time (speed/memory only).
+
+  Returns:
+    ``rbd(learning_rate, d, redraw=False, ...)``.
+
+  References:
+    Li, Farkhoor, Liu & Yosinski, "Measuring the Intrinsic Dimension of
+    Objective Landscapes", ICLR 2018.
+  """
+  return rbd(learning_rate, d, seed=seed, redraw=False,
+             distribution=distribution, normalize=normalize,
+             compartments=compartments, allocation=allocation,
+             axis_name=axis_name, generator=generator, block_rows=block_rows)
