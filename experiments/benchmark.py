@@ -43,9 +43,11 @@ import sys
 import time
 
 MODELS = ("fc", "cnn", "resnet8")
-MODEL_TITLES = {"fc": "FC on MNIST shapes (28x28x1)",
-                "cnn": "CNN on CIFAR-10 shapes (32x32x3)",
-                "resnet8": "ResNet-8 on CIFAR-10 shapes (32x32x3)"}
+MODEL_TITLES = {
+  "fc": "FC on MNIST shapes (28x28x1)",
+  "cnn": "CNN on CIFAR-10 shapes (32x32x3)",
+  "resnet8": "ResNet-8 on CIFAR-10 shapes (32x32x3)",
+}
 INPUT_SHAPES = {"fc": (28, 28, 1), "cnn": (32, 32, 3), "resnet8": (32, 32, 3)}
 BATCH = 32
 # Only the speed matters here; the rates just keep the parameters finite.
@@ -63,6 +65,7 @@ class Config:
   ``None`` for generator, compartments and allocation means the library's
   default: the argument is not passed.
   """
+
   model: str
   method: str  # "sgd", "rbd" or "fpd"
   d: int = 0
@@ -85,10 +88,10 @@ def configs_for(model: str, dims: list[int], *, quick: bool) -> list[Config]:
   if quick:
     return rows
   rows += [
-      Config(model, "rbd", 250, generator="threefry"),  # the reference generator
-      Config(model, "rbd", 250, distribution="uniform"),
-      Config(model, "rbd", 250, distribution="bernoulli"),
-      Config(model, "fpd", 250),
+    Config(model, "rbd", 250, generator="threefry"),  # the reference generator
+    Config(model, "rbd", 250, distribution="uniform"),
+    Config(model, "rbd", 250, distribution="bernoulli"),
+    Config(model, "fpd", 250),
   ]
   if model == "resnet8":
     # Table 3: one compartment per tensor, d_k = max(ceil(n_k / 10), 10): 7,982.
@@ -123,8 +126,9 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
 
   def loss_fn(params, model_state, images, labels):
     if model_state:
-      logits, new_state = model.apply({"params": params, **model_state}, images,
-                                      train=True, mutable=list(model_state))
+      logits, new_state = model.apply(
+        {"params": params, **model_state}, images, train=True, mutable=list(model_state)
+      )
     else:
       logits, new_state = model.apply({"params": params}, images, train=True), {}
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -132,10 +136,12 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
 
   def timed_steps(tx):
     """A function that runs one training step with ``tx`` and returns its time."""
+
     @jax.jit
     def train_step(params, opt_state, model_state, images, labels):
       (loss, new_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-          params, model_state, images, labels)
+        params, model_state, images, labels
+      )
       updates, opt_state = tx.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state, new_state, loss
 
@@ -147,6 +153,7 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
       jax.block_until_ready((new_carry, loss))
       carry[:] = new_carry
       return time.perf_counter() - start
+
     return run_once
 
   sgd = method = timed_steps(optax.sgd(LEARNING_RATES["sgd"]))
@@ -156,8 +163,12 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
     factory = rb.rbd if config.method == "rbd" else rb.fpd
     kwargs = config.basis_kwargs()
     method = timed_steps(factory(LEARNING_RATES[config.method], config.d, **kwargs))
-    layout = rb.make_layout(params, d=config.d, compartments=kwargs.get("compartments"),
-                            allocation=kwargs.get("allocation", "proportional"))
+    layout = rb.make_layout(
+      params,
+      d=config.d,
+      compartments=kwargs.get("compartments"),
+      allocation=kwargs.get("allocation", "proportional"),
+    )
     directions = sum(c.dim for c in layout.compartments)
     samples_per_step = sum(c.dim * c.size for c in layout.compartments)
     default = inspect.signature(rb.scale_by_random_bases).parameters["generator"].default
@@ -175,17 +186,17 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
 
   step_s, sgd_s = statistics.median(method_times), statistics.median(sgd_times)
   return {
-      **dataclasses.asdict(config),
-      "generator_used": generator,
-      "num_params": sum(x.size for x in jax.tree.leaves(params)),
-      "directions": directions,
-      "step_ms": 1e3 * step_s,
-      "step_ms_all": [1e3 * t for t in method_times],
-      "sgd_ms": 1e3 * sgd_s,
-      "ratio": step_s / sgd_s,
-      "images_per_s": BATCH / step_s,
-      "samples_per_s": samples_per_step / step_s,
-      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB
+    **dataclasses.asdict(config),
+    "generator_used": generator,
+    "num_params": sum(x.size for x in jax.tree.leaves(params)),
+    "directions": directions,
+    "step_ms": 1e3 * step_s,
+    "step_ms_all": [1e3 * t for t in method_times],
+    "sgd_ms": 1e3 * sgd_s,
+    "ratio": step_s / sgd_s,
+    "images_per_s": BATCH / step_s,
+    "samples_per_s": samples_per_step / step_s,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB
   }
 
 
@@ -257,18 +268,18 @@ def measure_end_to_end(config: Config, *, data: dict, steps: int, warmup: int) -
   bare_eval_ms = 1e3 * measure_bare_eval(config.model, batch=eval_batch, repeats=5)
   trainer_eval_ms = 1e3 * epoch["eval_seconds"] / eval_batches
   return {
-      **dataclasses.asdict(config),
-      "dataset": END_TO_END[config.model],
-      "num_params": bare_before["num_params"],
-      "bare_ms": bare_ms,
-      "bare_ms_before_after": [bare_before["step_ms"], bare_after["step_ms"]],
-      "trainer_ms": trainer_ms,
-      "ratio": trainer_ms / bare_ms,
-      "trainer_images_per_s": epoch["images_per_second"],
-      "bare_eval_ms": bare_eval_ms,
-      "trainer_eval_ms": trainer_eval_ms,
-      "eval_ratio": trainer_eval_ms / bare_eval_ms,
-      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    **dataclasses.asdict(config),
+    "dataset": END_TO_END[config.model],
+    "num_params": bare_before["num_params"],
+    "bare_ms": bare_ms,
+    "bare_ms_before_after": [bare_before["step_ms"], bare_after["step_ms"]],
+    "trainer_ms": trainer_ms,
+    "ratio": trainer_ms / bare_ms,
+    "trainer_images_per_s": epoch["images_per_second"],
+    "bare_eval_ms": bare_eval_ms,
+    "trainer_eval_ms": trainer_eval_ms,
+    "eval_ratio": trainer_eval_ms / bare_eval_ms,
+    "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
   }
 
 
@@ -285,25 +296,34 @@ def measure_generators(*, n: int, dim: int, repeats: int) -> list[dict]:
   results = []
   for generator in dirs.GENERATORS:
     for distribution in dirs.DISTRIBUTIONS:
-      basis = projection.Basis(key, n=n, dim=dim, distribution=distribution,
-                               normalize="norm", generator=generator, block_rows=None)
+      basis = projection.Basis(
+        key,
+        n=n,
+        dim=dim,
+        distribution=distribution,
+        normalize="norm",
+        generator=generator,
+        block_rows=None,
+      )
 
       @jax.jit
       def generate(key, basis=basis):
         def body(total, b):
           rows = b * basis.block_rows + jnp.arange(basis.block_rows)
-          raw = dirs.sample_rows(dirs.row_keys(key, rows), n, distribution=basis.distribution,
-                                 generator=basis.generator)
+          raw = dirs.sample_rows(
+            dirs.row_keys(key, rows), n, distribution=basis.distribution, generator=basis.generator
+          )
           return total + jnp.sum(raw), None
+
         return jax.lax.scan(body, 0.0, jnp.arange(basis.num_blocks))[0]
 
       @jax.jit
       def fused(key, g, basis=basis):
-        return projection.project_and_expand(dataclasses.replace(basis, key=key),
-                                             projection.matvec_coordinates(g))[1]
+        return projection.project_and_expand(
+          dataclasses.replace(basis, key=key), projection.matvec_coordinates(g)
+        )[1]
 
-      row = {"generator": generator, "distribution": distribution,
-             "block_rows": basis.block_rows}
+      row = {"generator": generator, "distribution": distribution, "block_rows": basis.block_rows}
       samples = basis.num_blocks * basis.block_rows * n
       for name, fn, args in (("generate", generate, (key,)), ("fused", fused, (key, g))):
         jax.block_until_ready(fn(*args))
@@ -332,17 +352,23 @@ def run_child(payload: dict):
 
 def machine_description() -> dict:
   import jax
+
   cpu = "unknown"
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f
-                 if line.startswith("model name"))
+      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
     pass
-  now = datetime.datetime.now(datetime.timezone.utc)
-  return {"nproc": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-          "python": platform.python_version(), "jax": jax.__version__,
-          "backend": jax.default_backend(), "date": now.strftime("%Y-%m-%d %H:%M UTC")}
+  now = datetime.datetime.now(datetime.UTC)
+  return {
+    "nproc": os.cpu_count(),
+    "cpu": cpu,
+    "platform": platform.platform(),
+    "python": platform.python_version(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "date": now.strftime("%Y-%m-%d %H:%M UTC"),
+  }
 
 
 def _method_label(row: dict) -> str:
@@ -358,30 +384,42 @@ def _directions_label(row: dict) -> str:
 
 
 def model_table(rows: list[dict]) -> str:
-  lines = ["| method | d | distribution | generator | step ms | ratio to SGD | images/s "
-           "| random samples/s | peak RSS MiB |", "|" + " --- |" * 9]
+  lines = [
+    "| method | d | distribution | generator | step ms | ratio to SGD | images/s "
+    "| random samples/s | peak RSS MiB |",
+    "|" + " --- |" * 9,
+  ]
   for r in rows:
     if r["method"] == "sgd":
-      lines.append(f"| sgd | D = {r['num_params']:,} | — | — | {r['step_ms']:.2f} | 1.00 "
-                   f"| {r['images_per_s']:,.0f} | — | {r['peak_rss_mib']:.0f} |")
+      lines.append(
+        f"| sgd | D = {r['num_params']:,} | — | — | {r['step_ms']:.2f} | 1.00 "
+        f"| {r['images_per_s']:,.0f} | — | {r['peak_rss_mib']:.0f} |"
+      )
       continue
     generator = r["generator_used"] + ("" if r["generator"] else " (default)")
-    lines.append(f"| {_method_label(r)} | {_directions_label(r)} | {r['distribution']} "
-                 f"| {generator} | {r['step_ms']:.1f} | {r['ratio']:.2f} "
-                 f"| {r['images_per_s']:,.1f} | {r['samples_per_s'] / 1e6:,.0f} M "
-                 f"| {r['peak_rss_mib']:.0f} |")
+    lines.append(
+      f"| {_method_label(r)} | {_directions_label(r)} | {r['distribution']} "
+      f"| {generator} | {r['step_ms']:.1f} | {r['ratio']:.2f} "
+      f"| {r['images_per_s']:,.1f} | {r['samples_per_s'] / 1e6:,.0f} M "
+      f"| {r['peak_rss_mib']:.0f} |"
+    )
   return "\n".join(lines)
 
 
 def generator_table(rows: list[dict]) -> str:
-  lines = [f"Generators alone: n = {GENERATOR_N:,}, {GENERATOR_DIM} directions, "
-           f"default block rows ({rows[0]['block_rows']}).", "",
-           "| generator | distribution | generate, M samples/s "
-           "| fused with c = Phi g and u = Phi^T c, M samples/s |",
-           "| --- | --- | --- | --- |"]
+  lines = [
+    f"Generators alone: n = {GENERATOR_N:,}, {GENERATOR_DIM} directions, "
+    f"default block rows ({rows[0]['block_rows']}).",
+    "",
+    "| generator | distribution | generate, M samples/s "
+    "| fused with c = Phi g and u = Phi^T c, M samples/s |",
+    "| --- | --- | --- | --- |",
+  ]
   for r in rows:
-    lines.append(f"| {r['generator']} | {r['distribution']} | {r['generate'] / 1e6:,.0f} "
-                 f"| {r['fused'] / 1e6:,.0f} |")
+    lines.append(
+      f"| {r['generator']} | {r['distribution']} | {r['generate'] / 1e6:,.0f} "
+      f"| {r['fused'] / 1e6:,.0f} |"
+    )
   return "\n".join(lines)
 
 
@@ -391,14 +429,18 @@ def _spread(values: list[float]) -> str:
 
 def spread_table(runs: list[list[dict]]) -> str:
   """Every configuration's ratio, images/s and peak RSS in each run, and spreads."""
-  lines = ["| model | method | d | distribution | generator | ratio to SGD per run "
-           "| spread | images/s per run | spread | peak RSS MiB per run |",
-           "|" + " --- |" * 10]
+  lines = [
+    "| model | method | d | distribution | generator | ratio to SGD per run "
+    "| spread | images/s per run | spread | peak RSS MiB per run |",
+    "|" + " --- |" * 10,
+  ]
   by_config: dict[tuple, list[dict]] = {}
   for run in runs:
     for row in run:
-      key = tuple(row[k] for k in ("model", "method", "d", "distribution", "generator",
-                                   "compartments", "allocation"))
+      key = tuple(
+        row[k]
+        for k in ("model", "method", "d", "distribution", "generator", "compartments", "allocation")
+      )
       by_config.setdefault(key, []).append(row)
   for rows in by_config.values():
     r = rows[0]
@@ -408,58 +450,85 @@ def spread_table(runs: list[list[dict]]) -> str:
     speeds = [x["images_per_s"] for x in rows]
     memory = [x["peak_rss_mib"] for x in rows]
     lines.append(
-        f"| {r['model']} | {_method_label(r)} | {_directions_label(r)} | {r['distribution']} "
-        f"| {r['generator_used']} | {' / '.join(f'{x:.2f}' for x in ratios)} "
-        f"| {_spread(ratios)} | {' / '.join(f'{x:,.1f}' for x in speeds)} "
-        f"| {_spread(speeds)} | {' / '.join(f'{x:.0f}' for x in memory)} |")
+      f"| {r['model']} | {_method_label(r)} | {_directions_label(r)} | {r['distribution']} "
+      f"| {r['generator_used']} | {' / '.join(f'{x:.2f}' for x in ratios)} "
+      f"| {_spread(ratios)} | {' / '.join(f'{x:,.1f}' for x in speeds)} "
+      f"| {_spread(speeds)} | {' / '.join(f'{x:.0f}' for x in memory)} |"
+    )
   return "\n".join(lines)
 
 
 def generator_spread_table(runs: list[list[dict]]) -> str:
-  lines = ["| generator | distribution | generate, M samples/s per run | spread "
-           "| fused, M samples/s per run | spread |", "|" + " --- |" * 6]
+  lines = [
+    "| generator | distribution | generate, M samples/s per run | spread "
+    "| fused, M samples/s per run | spread |",
+    "|" + " --- |" * 6,
+  ]
   for i, r in enumerate(runs[0]):
     generate = [run[i]["generate"] / 1e6 for run in runs]
     fused = [run[i]["fused"] / 1e6 for run in runs]
-    lines.append(f"| {r['generator']} | {r['distribution']} "
-                 f"| {' / '.join(f'{x:,.0f}' for x in generate)} | {_spread(generate)} "
-                 f"| {' / '.join(f'{x:,.0f}' for x in fused)} | {_spread(fused)} |")
+    lines.append(
+      f"| {r['generator']} | {r['distribution']} "
+      f"| {' / '.join(f'{x:,.0f}' for x in generate)} | {_spread(generate)} "
+      f"| {' / '.join(f'{x:,.0f}' for x in fused)} | {_spread(fused)} |"
+    )
   return "\n".join(lines)
 
 
 def target_verdicts(rows: list[dict]) -> list[str]:
   """The targets of the issue, on the CNN rows with the library's defaults."""
+
   def default_rbd(d):
-    return next((r for r in rows if r["model"] == "cnn" and r["method"] == "rbd"
-                 and r["d"] == d and r["distribution"] == "normal"
-                 and r["generator"] is None and r["compartments"] is None), None)
+    return next(
+      (
+        r
+        for r in rows
+        if r["model"] == "cnn"
+        and r["method"] == "rbd"
+        and r["d"] == d
+        and r["distribution"] == "normal"
+        and r["generator"] is None
+        and r["compartments"] is None
+      ),
+      None,
+    )
+
   small, large = default_rbd(250), default_rbd(10_000)
   verdict = lambda ok: "met" if ok else "NOT met"
   lines = []
   if small:
-    lines.append(f"CNN, d = 250: RBD step / SGD step = {small['ratio']:.2f} (target <= 4): "
-                 + verdict(small["ratio"] <= 4))
+    lines.append(
+      f"CNN, d = 250: RBD step / SGD step = {small['ratio']:.2f} (target <= 4): "
+      + verdict(small["ratio"] <= 4)
+    )
   if large:
-    lines.append(f"CNN, d = 10,000: {large['images_per_s']:.1f} images/s (target >= 8): "
-                 + verdict(large["images_per_s"] >= 8))
+    lines.append(
+      f"CNN, d = 10,000: {large['images_per_s']:.1f} images/s (target >= 8): "
+      + verdict(large["images_per_s"] >= 8)
+    )
   if small and large:
     growth = large["peak_rss_mib"] / small["peak_rss_mib"]
-    lines.append(f"CNN, peak RSS at d = 10,000 / at d = 250 = {large['peak_rss_mib']:.0f} / "
-                 f"{small['peak_rss_mib']:.0f} MiB = {growth:.2f} (target <= 1.3): "
-                 + verdict(growth <= 1.3))
+    lines.append(
+      f"CNN, peak RSS at d = 10,000 / at d = 250 = {large['peak_rss_mib']:.0f} / "
+      f"{small['peak_rss_mib']:.0f} MiB = {growth:.2f} (target <= 1.3): " + verdict(growth <= 1.3)
+    )
   return lines
 
 
 def end_to_end_table(rows: list[dict]) -> str:
-  lines = ["| model | data | method | bare step ms | trainer step ms | trainer / bare "
-           "| trainer images/s | bare eval batch ms | trainer eval batch ms "
-           "| trainer / bare (eval) |", "|" + " --- |" * 10]
+  lines = [
+    "| model | data | method | bare step ms | trainer step ms | trainer / bare "
+    "| trainer images/s | bare eval batch ms | trainer eval batch ms "
+    "| trainer / bare (eval) |",
+    "|" + " --- |" * 10,
+  ]
   for r in rows:
     method = r["method"] + (f" d={r['d']}" if r["method"] != "sgd" else "")
     lines.append(
-        f"| {r['model']} | {r['dataset']} | {method} | {r['bare_ms']:.2f} "
-        f"| {r['trainer_ms']:.2f} | {r['ratio']:.2f} | {r['trainer_images_per_s']:,.0f} "
-        f"| {r['bare_eval_ms']:.1f} | {r['trainer_eval_ms']:.1f} | {r['eval_ratio']:.2f} |")
+      f"| {r['model']} | {r['dataset']} | {method} | {r['bare_ms']:.2f} "
+      f"| {r['trainer_ms']:.2f} | {r['ratio']:.2f} | {r['trainer_images_per_s']:,.0f} "
+      f"| {r['bare_eval_ms']:.1f} | {r['trainer_eval_ms']:.1f} | {r['eval_ratio']:.2f} |"
+    )
   return "\n".join(lines)
 
 
@@ -468,9 +537,10 @@ def end_to_end_verdicts(rows: list[dict]) -> list[str]:
   lines = []
   for r in rows:
     ok = r["ratio"] <= 1.25 and r["eval_ratio"] <= 1.25
-    lines.append(f"{r['model']} {r['method']}: trainer / bare = {r['ratio']:.2f} (step), "
-                 f"{r['eval_ratio']:.2f} (eval), target <= 1.25: "
-                 + ("met" if ok else "NOT met"))
+    lines.append(
+      f"{r['model']} {r['method']}: trainer / bare = {r['ratio']:.2f} (step), "
+      f"{r['eval_ratio']:.2f} (eval), target <= 1.25: " + ("met" if ok else "NOT met")
+    )
   return lines
 
 
@@ -484,29 +554,51 @@ def end_to_end_data(args, model: str) -> dict | None:
 def main(argv: list[str] | None = None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--models", default=",".join(MODELS),
-                      help="comma-separated subset of " + ",".join(MODELS))
-  parser.add_argument("--dims", default="250,10000",
-                      help="comma-separated d of the rbd rows with default settings")
-  parser.add_argument("--runs", type=int, default=1,
-                      help="run every configuration this many times, each in a fresh process")
-  parser.add_argument("--steps", type=int, default=None,
-                      help="timed steps per configuration (default 5, 3 with --quick)")
+  parser.add_argument(
+    "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
+  )
+  parser.add_argument(
+    "--dims", default="250,10000", help="comma-separated d of the rbd rows with default settings"
+  )
+  parser.add_argument(
+    "--runs",
+    type=int,
+    default=1,
+    help="run every configuration this many times, each in a fresh process",
+  )
+  parser.add_argument(
+    "--steps",
+    type=int,
+    default=None,
+    help="timed steps per configuration (default 5, 3 with --quick)",
+  )
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compilation)")
-  parser.add_argument("--quick", action="store_true",
-                      help="CNN only (unless --models), the --dims rows only, "
-                      "no generator table")
-  parser.add_argument("--generators", action=argparse.BooleanOptionalAction, default=None,
-                      help="time the generators alone (default: yes unless --quick)")
-  parser.add_argument("--end-to-end", action=argparse.BooleanOptionalAction, default=True,
-                      help="also time SGD and RBD (first of --dims) through the trainer")
-  parser.add_argument("--end-to-end-only", action="store_true",
-                      help="only the end-to-end rows")
-  parser.add_argument("--mnist", default=None,
-                      help="MNIST IDX directory for the FC end-to-end rows")
-  parser.add_argument("--cifar10", default=None,
-                      help="CIFAR-10 image folder (directory or .tar.gz) for the CNN "
-                      "and ResNet-8 end-to-end rows")
+  parser.add_argument(
+    "--quick",
+    action="store_true",
+    help="CNN only (unless --models), the --dims rows only, no generator table",
+  )
+  parser.add_argument(
+    "--generators",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="time the generators alone (default: yes unless --quick)",
+  )
+  parser.add_argument(
+    "--end-to-end",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="also time SGD and RBD (first of --dims) through the trainer",
+  )
+  parser.add_argument("--end-to-end-only", action="store_true", help="only the end-to-end rows")
+  parser.add_argument(
+    "--mnist", default=None, help="MNIST IDX directory for the FC end-to-end rows"
+  )
+  parser.add_argument(
+    "--cifar10",
+    default=None,
+    help="CIFAR-10 image folder (directory or .tar.gz) for the CNN and ResNet-8 end-to-end rows",
+  )
   parser.add_argument("--json", default=None, help="also write every measurement here")
   parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
@@ -516,11 +608,16 @@ def main(argv: list[str] | None = None) -> None:
     if payload["kind"] == "generators":
       result = measure_generators(n=GENERATOR_N, dim=GENERATOR_DIM, repeats=5)
     elif payload["kind"] == "end_to_end":
-      result = measure_end_to_end(Config(**payload["config"]), data=payload["data"],
-                                  steps=payload["steps"], warmup=payload["warmup"])
+      result = measure_end_to_end(
+        Config(**payload["config"]),
+        data=payload["data"],
+        steps=payload["steps"],
+        warmup=payload["warmup"],
+      )
     else:
-      result = measure(Config(**payload["config"]), steps=payload["steps"],
-                       warmup=payload["warmup"])
+      result = measure(
+        Config(**payload["config"]), steps=payload["steps"], warmup=payload["warmup"]
+      )
     print(json.dumps(result))
     return
 
@@ -535,19 +632,28 @@ def main(argv: list[str] | None = None) -> None:
 
   machine = machine_description()
   print(f"# python experiments/benchmark.py {' '.join(argv)}".rstrip())
-  print(f"# {machine['date']}; nproc {machine['nproc']}, {machine['cpu']}; "
-        f"jax {machine['jax']} ({machine['backend']}); {machine['platform']}")
+  print(
+    f"# {machine['date']}; nproc {machine['nproc']}, {machine['cpu']}; "
+    f"jax {machine['jax']} ({machine['backend']}); {machine['platform']}"
+  )
   runs, generator_runs, end_to_end_runs = [], [], []
   for run in range(args.runs):
     print(f"\n## Run {run + 1} of {args.runs}\n", flush=True)
     rows = []
     for model in models if not args.end_to_end_only else ():
-      model_rows = [run_child({"kind": "config", "config": dataclasses.asdict(config),
-                               "steps": steps, "warmup": args.warmup})
-                    for config in configs_for(model, dims, quick=args.quick)]
+      model_rows = [
+        run_child(
+          {
+            "kind": "config",
+            "config": dataclasses.asdict(config),
+            "steps": steps,
+            "warmup": args.warmup,
+          }
+        )
+        for config in configs_for(model, dims, quick=args.quick)
+      ]
       rows += model_rows
-      print(f"### {MODEL_TITLES[model]}, D = {model_rows[0]['num_params']:,}, "
-            f"batch {BATCH}\n")
+      print(f"### {MODEL_TITLES[model]}, D = {model_rows[0]['num_params']:,}, batch {BATCH}\n")
       print(model_table(model_rows) + "\n", flush=True)
     if args.end_to_end or args.end_to_end_only:
       e2e_rows = []
@@ -557,9 +663,17 @@ def main(argv: list[str] | None = None) -> None:
           print(f"(no end-to-end rows for {model}: pass --mnist / --cifar10)")
           continue
         for config in (Config(model, "sgd"), Config(model, "rbd", dims[0])):
-          e2e_rows.append(run_child({"kind": "end_to_end", "data": data,
-                                     "config": dataclasses.asdict(config),
-                                     "steps": steps, "warmup": args.warmup}))
+          e2e_rows.append(
+            run_child(
+              {
+                "kind": "end_to_end",
+                "data": data,
+                "config": dataclasses.asdict(config),
+                "steps": steps,
+                "warmup": args.warmup,
+              }
+            )
+          )
       if e2e_rows:
         print(f"### Through the trainer (train_and_evaluate), batch {BATCH}, real data\n")
         print(end_to_end_table(e2e_rows) + "\n", flush=True)
@@ -579,8 +693,17 @@ def main(argv: list[str] | None = None) -> None:
       print("\n" + generator_spread_table(generator_runs))
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"machine": machine, "argv": argv, "runs": runs,
-                 "generators": generator_runs, "end_to_end": end_to_end_runs}, f, indent=1)
+      json.dump(
+        {
+          "machine": machine,
+          "argv": argv,
+          "runs": runs,
+          "generators": generator_runs,
+          "end_to_end": end_to_end_runs,
+        },
+        f,
+        indent=1,
+      )
 
 
 if __name__ == "__main__":

@@ -20,12 +20,15 @@ x_test, y_test = (jnp.asarray(a) for a in data.eval_splits["test"])
 model = models.create_model("fc")
 params = models.init_variables(model, key=jax.random.key(0), input_shape=(28, 28, 1))["params"]
 
+
 def loss_fn(params, images, labels):
   logits = model.apply({"params": params}, images, train=False)
   return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-tx = rb.rbd(learning_rate=16.0, d=50, seed=0)            # random bases descent
+
+tx = rb.rbd(learning_rate=16.0, d=50, seed=0)  # random bases descent
 state = tx.init(params)
+
 
 @jax.jit
 def train_step(params, state, step):
@@ -34,9 +37,12 @@ def train_step(params, state, step):
   updates, state = tx.update(grads, state, params)
   return optax.apply_updates(params, updates), state, loss
 
+
 for step in range(1000):
   params, state, loss = train_step(params, state, step)
   if step % 200 == 0:
     print(f"step {step:4d}  train loss {loss:.3f}")
-accuracy = jnp.mean(model.apply({"params": params}, x_test / 255.0, train=False).argmax(-1) == y_test)
+accuracy = jnp.mean(
+  model.apply({"params": params}, x_test / 255.0, train=False).argmax(-1) == y_test
+)
 print(f"test accuracy after 1000 steps of RBD (d=50): {accuracy:.3f} on {data.source}")

@@ -9,6 +9,6 @@ Importing this package loads only the method layer.
 """
 
 from random_bases.method import *  # noqa: F401,F403
-from random_bases.method import __all__
+from random_bases.method import __all__  # noqa: F401  (re-exported)
 
 __version__ = "0.1.0"

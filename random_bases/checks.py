@@ -11,5 +11,5 @@ def check_choice(name: str, value, allowed) -> None:
   """Raises a ValueError naming the argument and its allowed values."""
   if value not in allowed:
     raise ValueError(
-        f"{name}={value!r} is not supported; allowed values: "
-        + ", ".join(repr(a) for a in allowed))
+      f"{name}={value!r} is not supported; allowed values: " + ", ".join(repr(a) for a in allowed)
+    )

@@ -39,63 +39,104 @@ NUM_CLASSES = 10
 @dataclasses.dataclass(frozen=True)
 class Field:
   """One config field: dotted name, default, one-line meaning."""
+
   name: str
   default: Any
   meaning: str
 
 
 FIELDS: tuple[Field, ...] = (
-    Field("seed", 0, "seeds the initialisation, shuffles, augmentation and bases"),
-    Field("model", "fc", "fc | cnn | resnet8 | resnet32 (PAPER.md's parameter counts)"),
-    Field("data.dataset", "mnist", "mnist | fashion_mnist | cifar10"),
-    Field("data.source", "auto", "auto | tfds | files | folder | sample (auto: data.dir or "
-          "$RANDOM_BASES_DATA_DIR, tfds, system folders, then the 2,000-image MNIST sample)"),
-    Field("data.dir", "", "the data's folder (`folder`: split/class/ images or their .tar.gz); "
-          "'' = $RANDOM_BASES_DATA_DIR and the usual places"),
-    Field("data.cache_dir", "", "where `folder` caches decoded images; '' = "
-          "$RANDOM_BASES_CACHE_DIR or ~/.cache/random_bases"),
-    Field("data.holdout", "validation", "validation (data.holdout_size training images "
-          "held out, PAPER.md) | tune (75/25) | none"),
-    Field("data.holdout_size", 10_000, "images held out for `validation` (the sample "
-          "caps it at 20 %)"),
-    Field("data.holdout_seed", 0, "seeds the choice of the held-out images"),
-    Field("data.augment", True, "PAPER.md's random crop and brightness (flip for CIFAR-10)"),
-    Field("method", "rbd", "sgd | rbd | fpd | nes, for the whole run unless `phases` is set"),
-    Field("phases", "", "hybrid schedule 'rbd:5,sgd' (RBD 5 epochs, SGD to the end, §4.5); "
-          "an open last phase grows when train.epochs is extended"),
-    Field("learning_rate.sgd", 2.0**-8 * 32, "SGD's applied step size (Table 4: 2^-8 x 32)"),
-    Field("learning_rate.rbd", 2.0**1, "RBD's applied step size (Table 4: 2^1)"),
-    Field("learning_rate.fpd", 2.0**-1, "FPD's applied step size (Table 4: 2^-1)"),
-    Field("learning_rate.nes", 2.0**-10, "NES's step size (not in the paper: tune it)"),
-    Field("bases.d", 250, "directions per step (with allocation=compression: the factor c)"),
-    Field("bases.distribution", "normal", "normal | uniform | bernoulli (Table 2)"),
-    Field("bases.normalize", "norm", "norm (unit directions) | expected | none"),
-    Field("bases.compartments", "none", "none | leaf | module | <K> even slices | "
-          "re:<regex>;<regex>"),
-    Field("bases.allocation", "proportional", "proportional | fixed | compression: how d "
-          "is split over compartments"),
-    Field("bases.generator", dirs.DEFAULT_GENERATOR, "hash (fast) | threefry (jax.random)"),
-    Field("bases.block_rows", 0, "directions generated at once; 0 = automatic"),
-    Field("bases.coordinates", "reverse", "reverse (backprop) | forward (jvp)"),
-    Field("nes.sigma", 0.01, "NES's perturbation scale (PAPER.md)"),
-    Field("nes.antithetic", False, "NES evaluates +/- pairs (needs an even bases.d)"),
-    Field("nes.fitness", "centered_ranks", "raw | centered_ranks (the reference code)"),
-    Field("train.epochs", 100, "epochs to train (Tables 1, 2; Table 3: 80); raise it "
-          "to extend a finished run"),
-    Field("train.batch_size", 32, "training images per step"),
-    Field("train.steps_per_epoch", -1, "steps per epoch; -1 = the whole training split"),
-    Field("train.eval_batch_size", 1000, "images per evaluation batch"),
-    Field("train.eval_examples", -1, "images evaluated per split; -1 = all"),
-    Field("train.early_stopping", False, "stop when the validation loss is > 1000 or the "
-          "accuracy <= 15 % after epoch 4 (PAPER.md)"),
-    Field("train.log_every_steps", 100, "steps between progress lines and TensorBoard "
-          "interval scalars"),
-    Field("train.steps_per_dispatch", 1, "training steps unrolled into one jitted call "
-          "(fewer dispatches for tiny models; more compile time)"),
-    Field("train.checkpoint", True, "save an orbax checkpoint after every epoch (the "
-          "last two kept) so a rerun resumes"),
-    Field("metrics.gradient_correlation", False, "log the cosine of the update with the "
-          "batch gradient, per tensor and whole-vector (Table 3)"),
+  Field("seed", 0, "seeds the initialisation, shuffles, augmentation and bases"),
+  Field("model", "fc", "fc | cnn | resnet8 | resnet32 (PAPER.md's parameter counts)"),
+  Field("data.dataset", "mnist", "mnist | fashion_mnist | cifar10"),
+  Field(
+    "data.source",
+    "auto",
+    "auto | tfds | files | folder | sample (auto: data.dir or "
+    "$RANDOM_BASES_DATA_DIR, tfds, system folders, then the 2,000-image MNIST sample)",
+  ),
+  Field(
+    "data.dir",
+    "",
+    "the data's folder (`folder`: split/class/ images or their .tar.gz); "
+    "'' = $RANDOM_BASES_DATA_DIR and the usual places",
+  ),
+  Field(
+    "data.cache_dir",
+    "",
+    "where `folder` caches decoded images; '' = $RANDOM_BASES_CACHE_DIR or ~/.cache/random_bases",
+  ),
+  Field(
+    "data.holdout",
+    "validation",
+    "validation (data.holdout_size training images held out, PAPER.md) | tune (75/25) | none",
+  ),
+  Field(
+    "data.holdout_size", 10_000, "images held out for `validation` (the sample caps it at 20 %)"
+  ),
+  Field("data.holdout_seed", 0, "seeds the choice of the held-out images"),
+  Field("data.augment", True, "PAPER.md's random crop and brightness (flip for CIFAR-10)"),
+  Field("method", "rbd", "sgd | rbd | fpd | nes, for the whole run unless `phases` is set"),
+  Field(
+    "phases",
+    "",
+    "hybrid schedule 'rbd:5,sgd' (RBD 5 epochs, SGD to the end, §4.5); "
+    "an open last phase grows when train.epochs is extended",
+  ),
+  Field("learning_rate.sgd", 2.0**-8 * 32, "SGD's applied step size (Table 4: 2^-8 x 32)"),
+  Field("learning_rate.rbd", 2.0**1, "RBD's applied step size (Table 4: 2^1)"),
+  Field("learning_rate.fpd", 2.0**-1, "FPD's applied step size (Table 4: 2^-1)"),
+  Field("learning_rate.nes", 2.0**-10, "NES's step size (not in the paper: tune it)"),
+  Field("bases.d", 250, "directions per step (with allocation=compression: the factor c)"),
+  Field("bases.distribution", "normal", "normal | uniform | bernoulli (Table 2)"),
+  Field("bases.normalize", "norm", "norm (unit directions) | expected | none"),
+  Field(
+    "bases.compartments", "none", "none | leaf | module | <K> even slices | re:<regex>;<regex>"
+  ),
+  Field(
+    "bases.allocation",
+    "proportional",
+    "proportional | fixed | compression: how d is split over compartments",
+  ),
+  Field("bases.generator", dirs.DEFAULT_GENERATOR, "hash (fast) | threefry (jax.random)"),
+  Field("bases.block_rows", 0, "directions generated at once; 0 = automatic"),
+  Field("bases.coordinates", "reverse", "reverse (backprop) | forward (jvp)"),
+  Field("nes.sigma", 0.01, "NES's perturbation scale (PAPER.md)"),
+  Field("nes.antithetic", False, "NES evaluates +/- pairs (needs an even bases.d)"),
+  Field("nes.fitness", "centered_ranks", "raw | centered_ranks (the reference code)"),
+  Field(
+    "train.epochs",
+    100,
+    "epochs to train (Tables 1, 2; Table 3: 80); raise it to extend a finished run",
+  ),
+  Field("train.batch_size", 32, "training images per step"),
+  Field("train.steps_per_epoch", -1, "steps per epoch; -1 = the whole training split"),
+  Field("train.eval_batch_size", 1000, "images per evaluation batch"),
+  Field("train.eval_examples", -1, "images evaluated per split; -1 = all"),
+  Field(
+    "train.early_stopping",
+    False,
+    "stop when the validation loss is > 1000 or the accuracy <= 15 % after epoch 4 (PAPER.md)",
+  ),
+  Field(
+    "train.log_every_steps", 100, "steps between progress lines and TensorBoard interval scalars"
+  ),
+  Field(
+    "train.steps_per_dispatch",
+    1,
+    "training steps unrolled into one jitted call "
+    "(fewer dispatches for tiny models; more compile time)",
+  ),
+  Field(
+    "train.checkpoint",
+    True,
+    "save an orbax checkpoint after every epoch (the last two kept) so a rerun resumes",
+  ),
+  Field(
+    "metrics.gradient_correlation",
+    False,
+    "log the cosine of the update with the batch gradient, per tensor and whole-vector (Table 3)",
+  ),
 )
 
 
@@ -112,8 +153,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     key, eq, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"config argument {key!r} is unknown; allowed: "
-                       + ", ".join(sorted(defaults)))
+      raise ValueError(
+        f"config argument {key!r} is unknown; allowed: " + ", ".join(sorted(defaults))
+      )
     default = defaults[key]
     if not eq:
       if not isinstance(default, bool):
@@ -127,8 +169,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       try:
         result[key] = type(default)(value)
       except ValueError as e:
-        raise ValueError(f"config argument {key}={value!r} must be of type "
-                         f"{type(default).__name__}") from e
+        raise ValueError(
+          f"config argument {key}={value!r} must be of type {type(default).__name__}"
+        ) from e
   return result
 
 
@@ -174,8 +217,10 @@ def check_field_name(name: str) -> None:
     if not isinstance(node, ml_collections.ConfigDict):
       raise ValueError(f"config field {name!r}: {where} is a value, not a group of fields")
     if part not in node:
-      raise ValueError(f"config field {name!r} does not exist; fields of {where}: "
-                       + ", ".join(sorted(node.keys())))
+      raise ValueError(
+        f"config field {name!r} does not exist; fields of {where}: "
+        + ", ".join(sorted(node.keys()))
+      )
     path.append(part)
     node = node[part]
 
@@ -212,20 +257,23 @@ def parse_phases(config) -> list[tuple[str, int]]:
     checks.check_choice("phases", method, METHODS)
     if not count:
       if i != len(items) - 1:
-        raise ValueError(f"phases={config.phases!r}: only the last phase may "
-                         "omit its epochs ('rbd:5,sgd')")
+        raise ValueError(
+          f"phases={config.phases!r}: only the last phase may omit its epochs ('rbd:5,sgd')"
+        )
       count = epochs - sum(n for _, n in phases)
     try:
       count = int(count)
     except ValueError as e:
       raise ValueError(f"phases={config.phases!r}: epochs must be integers") from e
     if count <= 0:
-      raise ValueError(f"phases={config.phases!r}: every phase needs >= 1 epoch "
-                       f"within train.epochs={epochs}")
+      raise ValueError(
+        f"phases={config.phases!r}: every phase needs >= 1 epoch within train.epochs={epochs}"
+      )
     phases.append((method, count))
   if sum(n for _, n in phases) != epochs:
-    raise ValueError(f"phases={config.phases!r} cover {sum(n for _, n in phases)} "
-                     f"epochs but train.epochs={epochs}")
+    raise ValueError(
+      f"phases={config.phases!r} cover {sum(n for _, n in phases)} epochs but train.epochs={epochs}"
+    )
   return phases
 
 
@@ -239,9 +287,11 @@ def parse_compartments(value: str):
     return int(value)
   if value.startswith("re:") and value[3:]:
     return tuple(value[3:].split(";"))
-  raise ValueError(f"bases.compartments={value!r} is not supported; allowed: "
-                   "'none', 'leaf', 'module', a number of even slices ('8'), or "
-                   "'re:<regex>;<regex>...'")
+  raise ValueError(
+    f"bases.compartments={value!r} is not supported; allowed: "
+    "'none', 'leaf', 'module', a number of even slices ('8'), or "
+    "'re:<regex>;<regex>...'"
+  )
 
 
 def num_train_images(config) -> int | None:
@@ -262,9 +312,11 @@ def num_train_images(config) -> int | None:
     holdout_size = min(holdout_size, int(sources.SAMPLE_MAX_HOLDOUT_FRACTION * total))
   if data.holdout == "validation":
     if not holdout_size < total:
-      raise ValueError(f"data.holdout_size={data.holdout_size} must be smaller than the "
-                       f"{total} training images of {data.dataset} (data.source="
-                       f"{data.source!r})")
+      raise ValueError(
+        f"data.holdout_size={data.holdout_size} must be smaller than the "
+        f"{total} training images of {data.dataset} (data.source="
+        f"{data.source!r})"
+      )
     return total - holdout_size
   if data.holdout == "tune":
     return int(round(sources.TUNE_TRAIN_FRACTION * total))
@@ -274,21 +326,21 @@ def num_train_images(config) -> int | None:
 def steps_per_epoch(config, num_train: int) -> int:
   """Steps of one epoch: whole batches of the shuffled training split, capped."""
   if num_train < config.train.batch_size:
-    raise ValueError(f"train.batch_size={config.train.batch_size} exceeds the "
-                     f"{num_train} training images")
+    raise ValueError(
+      f"train.batch_size={config.train.batch_size} exceeds the {num_train} training images"
+    )
   full_epoch = num_train // config.train.batch_size  # the last partial batch is dropped
   if config.train.steps_per_epoch == -1:
     return full_epoch
   return min(full_epoch, config.train.steps_per_epoch)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def param_shapes(model: str, dataset: str):
   """The model's parameter pytree as ShapeDtypeStructs; nothing is computed."""
   module = models.create_model(model, num_classes=NUM_CLASSES)
   images = jax.ShapeDtypeStruct((1, *IMAGE_SHAPES[dataset]), jax.numpy.float32)
-  variables = jax.eval_shape(functools.partial(module.init, train=False),
-                             jax.random.key(0), images)
+  variables = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), images)
   return variables["params"]
 
 
@@ -306,8 +358,7 @@ def _check_fields(config) -> None:
     raise ValueError(f"config fields {unknown} are not in the schema (config_lib.FIELDS)")
   missing = sorted(schema - set(values))
   if missing:
-    raise ValueError(f"config fields {missing} are missing; start from "
-                     "config_lib.base_config()")
+    raise ValueError(f"config fields {missing} are missing; start from config_lib.base_config()")
   for name, value in values.items():
     if isinstance(value, float) and not math.isfinite(value):
       raise ValueError(f"{name}={value!r} must be a finite number")
@@ -330,13 +381,15 @@ def _check_bases(config, phases) -> None:
     # and the compartment rules fail here rather than after loading data.
     shapes = param_shapes(config.model, config.data.dataset)
     try:
-      comp_lib.make_layout(shapes, d=bases.d, compartments=compartments,
-                           allocation=bases.allocation)
+      comp_lib.make_layout(
+        shapes, d=bases.d, compartments=compartments, allocation=bases.allocation
+      )
     except ValueError as e:
       raise ValueError(
-          f"bases.d={bases.d}, bases.compartments={bases.compartments!r}, "
-          f"bases.allocation={bases.allocation!r} do not fit model {config.model!r} "
-          f"({models.count_params(shapes)} parameters on {config.data.dataset}): {e}") from e
+        f"bases.d={bases.d}, bases.compartments={bases.compartments!r}, "
+        f"bases.allocation={bases.allocation!r} do not fit model {config.model!r} "
+        f"({models.count_params(shapes)} parameters on {config.data.dataset}): {e}"
+      ) from e
 
 
 def validate(config) -> None:
@@ -347,8 +400,10 @@ def validate(config) -> None:
   checks.check_choice("data.source", config.data.source, sources.SOURCES)
   checks.check_choice("data.holdout", config.data.holdout, sources.SPLITS)
   if config.data.source == "sample" and config.data.dataset != "mnist":
-    raise ValueError(f"data.source='sample' is only available for data.dataset='mnist', "
-                     f"not {config.data.dataset!r}")
+    raise ValueError(
+      f"data.source='sample' is only available for data.dataset='mnist', "
+      f"not {config.data.dataset!r}"
+    )
   _positive("data.holdout_size", config.data.holdout_size)
   sources.check_cache_dir("data.cache_dir", config.data.cache_dir)
   checks.check_choice("method", config.method, METHODS)

@@ -23,14 +23,23 @@ from random_bases import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, configs/<name>.py[:arg]; --describe lists "
-    "the config files and every field.", lock_config=True)
+  "config",
+  None,
+  "Experiment config file, configs/<name>.py[:arg]; --describe lists "
+  "the config files and every field.",
+  lock_config=True,
+)
 flags.DEFINE_string(
-    "workdir", None, "Directory for config.json, metrics.jsonl, tensorboard/ and "
-    "checkpoints/; rerunning into it resumes the run.")
+  "workdir",
+  None,
+  "Directory for config.json, metrics.jsonl, tensorboard/ and "
+  "checkpoints/; rerunning into it resumes the run.",
+)
 flags.DEFINE_bool(
-    "describe", False, "Print every config field (name, value, meaning) and the config "
-    "files, then exit.")
+  "describe",
+  False,
+  "Print every config field (name, value, meaning) and the config files, then exit.",
+)
 
 # How ml_collections recognises an override: --config.a.b[=v] or --noconfig.a.b.
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
@@ -73,8 +82,7 @@ def config_files(directory: str) -> list[tuple[str, str]]:
       continue
     with open(os.path.join(directory, name)) as f:
       module = ast.parse(f.read())
-    if any(isinstance(node, ast.FunctionDef) and node.name == "get_config"
-           for node in module.body):
+    if any(isinstance(node, ast.FunctionDef) and node.name == "get_config" for node in module.body):
       docstring = ast.get_docstring(module) or ""
       files.append((name, docstring.strip().split("\n")[0]))
   return files
@@ -107,8 +115,9 @@ def main(argv):
     print(describe())
     return
   if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("--config and --workdir are required (--describe lists the "
-                         "config files and fields)")
+    raise app.UsageError(
+      "--config and --workdir are required (--describe lists the config files and fields)"
+    )
   logging.get_absl_logger().addFilter(_QuietLibraries())
   try:
     config_lib.validate(FLAGS.config)

@@ -36,14 +36,14 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
-    "MODEL_NAMES",
-    "FC",
-    "CNN",
-    "ResNet",
-    "ResidualBlock",
-    "create_model",
-    "count_params",
-    "init_variables",
+  "MODEL_NAMES",
+  "FC",
+  "CNN",
+  "ResNet",
+  "ResidualBlock",
+  "create_model",
+  "count_params",
+  "init_variables",
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("fc", "cnn", "resnet8", "resnet32")
@@ -67,146 +67,146 @@ _BN_EPSILON = 1e-5
 
 
 class FC(nn.Module):
-    """Flatten -> Dense(128) -> ReLU -> Dense(num_classes)."""
+  """Flatten -> Dense(128) -> ReLU -> Dense(num_classes)."""
 
-    num_classes: int = 10
+  num_classes: int = 10
 
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        del train  # No train/eval difference (no dropout, no BatchNorm).
-        x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(128, kernel_init=_keras_kernel_init)(x))
-        return nn.Dense(self.num_classes, kernel_init=_keras_kernel_init)(x)
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    del train  # No train/eval difference (no dropout, no BatchNorm).
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(128, kernel_init=_keras_kernel_init)(x))
+    return nn.Dense(self.num_classes, kernel_init=_keras_kernel_init)(x)
 
 
 class CNN(nn.Module):
-    """The TensorFlow tutorial CNN: three unpadded 3x3 convs, two 2x2 max-pools, two denses."""
+  """The TensorFlow tutorial CNN: three unpadded 3x3 convs, two 2x2 max-pools, two denses."""
 
-    num_classes: int = 10
+  num_classes: int = 10
 
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        del train  # No train/eval difference (no dropout, no BatchNorm).
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    del train  # No train/eval difference (no dropout, no BatchNorm).
 
-        def conv(features: int) -> nn.Conv:
-            # VALID padding is what makes the paper's counts come out (e.g. 28 -> 26 -> 13).
-            return nn.Conv(features, (3, 3), padding="VALID", kernel_init=_keras_kernel_init)
+    def conv(features: int) -> nn.Conv:
+      # VALID padding is what makes the paper's counts come out (e.g. 28 -> 26 -> 13).
+      return nn.Conv(features, (3, 3), padding="VALID", kernel_init=_keras_kernel_init)
 
-        x = nn.relu(conv(32)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(conv(64)(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.relu(conv(64)(x))
-        x = x.reshape((x.shape[0], -1))
-        x = nn.relu(nn.Dense(64, kernel_init=_keras_kernel_init)(x))
-        return nn.Dense(self.num_classes, kernel_init=_keras_kernel_init)(x)
+    x = nn.relu(conv(32)(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(conv(64)(x))
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.relu(conv(64)(x))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(64, kernel_init=_keras_kernel_init)(x))
+    return nn.Dense(self.num_classes, kernel_init=_keras_kernel_init)(x)
 
 
 def _conv(features: int, kernel: int, strides: int, name: str) -> nn.Conv:
-    # Bias-free because a BatchNorm offset follows every conv; a bias would be redundant and
-    # would change D (the conv-bias variant gives 78,186 / 467,946, not the paper's numbers).
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(strides, strides),
-        padding="SAME",
-        use_bias=False,
-        kernel_init=_conv_kernel_init,
-        name=name,
-    )
+  # Bias-free because a BatchNorm offset follows every conv; a bias would be redundant and
+  # would change D (the conv-bias variant gives 78,186 / 467,946, not the paper's numbers).
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=(strides, strides),
+    padding="SAME",
+    use_bias=False,
+    kernel_init=_conv_kernel_init,
+    name=name,
+  )
 
 
 def _batch_norm(train: bool, name: str) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=_BN_MOMENTUM,
-        epsilon=_BN_EPSILON,
-        name=name,
-    )
+  return nn.BatchNorm(
+    use_running_average=not train,
+    momentum=_BN_MOMENTUM,
+    epsilon=_BN_EPSILON,
+    name=name,
+  )
 
 
 class ResidualBlock(nn.Module):
-    """Two 3x3 convs with BatchNorm; a 1x1 conv + BN shortcut when ``projection``."""
+  """Two 3x3 convs with BatchNorm; a 1x1 conv + BN shortcut when ``projection``."""
 
-    features: int
-    strides: int = 1
-    projection: bool = False
+  features: int
+  strides: int = 1
+  projection: bool = False
 
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = _conv(self.features, 3, self.strides, "conv1")(x)
-        y = nn.relu(_batch_norm(train, "bn1")(y))
-        y = _conv(self.features, 3, 1, "conv2")(y)
-        y = _batch_norm(train, "bn2")(y)
-        if self.projection:
-            shortcut = _conv(self.features, 1, self.strides, "proj_conv")(x)
-            shortcut = _batch_norm(train, "proj_bn")(shortcut)
-        else:
-            shortcut = x
-        return nn.relu(y + shortcut)
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y = _conv(self.features, 3, self.strides, "conv1")(x)
+    y = nn.relu(_batch_norm(train, "bn1")(y))
+    y = _conv(self.features, 3, 1, "conv2")(y)
+    y = _batch_norm(train, "bn2")(y)
+    if self.projection:
+      shortcut = _conv(self.features, 1, self.strides, "proj_conv")(x)
+      shortcut = _batch_norm(train, "proj_bn")(shortcut)
+    else:
+      shortcut = x
+    return nn.relu(y + shortcut)
 
 
 class ResNet(nn.Module):
-    """CIFAR ResNet with 6n + 2 layers (n = ``num_blocks``), as laid out in PAPER.md."""
+  """CIFAR ResNet with 6n + 2 layers (n = ``num_blocks``), as laid out in PAPER.md."""
 
-    num_blocks: int = 1
-    num_classes: int = 10
+  num_blocks: int = 1
+  num_classes: int = 10
 
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        if self.num_blocks < 1:
-            raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
-        x = _conv(16, 3, 1, "stem_conv")(x)
-        x = nn.relu(_batch_norm(train, "stem_bn")(x))
-        for stage, (features, strides) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
-            for block in range(1, self.num_blocks + 1):
-                first = block == 1
-                # Even stage 1, whose width already matches the stem, opens with a projection
-                # block: the spec's D values include that shortcut's 1x1 conv and BN.
-                x = ResidualBlock(
-                    features,
-                    strides=strides if first else 1,
-                    projection=first,
-                    name=f"stage{stage}_block{block}",
-                )(x, train=train)
-        x = jnp.mean(x, axis=(1, 2))
-        return nn.Dense(self.num_classes, name="head")(x)
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    if self.num_blocks < 1:
+      raise ValueError(f"num_blocks must be >= 1, got {self.num_blocks}")
+    x = _conv(16, 3, 1, "stem_conv")(x)
+    x = nn.relu(_batch_norm(train, "stem_bn")(x))
+    for stage, (features, strides) in enumerate(((16, 1), (32, 2), (64, 2)), start=1):
+      for block in range(1, self.num_blocks + 1):
+        first = block == 1
+        # Even stage 1, whose width already matches the stem, opens with a projection
+        # block: the spec's D values include that shortcut's 1x1 conv and BN.
+        x = ResidualBlock(
+          features,
+          strides=strides if first else 1,
+          projection=first,
+          name=f"stage{stage}_block{block}",
+        )(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, name="head")(x)
 
 
 def create_model(name: str, *, num_classes: int = 10) -> nn.Module:
-    """Builds the model called ``name`` (one of ``MODEL_NAMES``)."""
-    if name not in MODEL_NAMES:
-        raise ValueError(
-            f"Unknown model name={name!r}; expected one of "
-            + ", ".join(repr(n) for n in MODEL_NAMES)
-            + "."
-        )
-    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    if num_classes <= 0:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-    num_classes = int(num_classes)
-    if name == "fc":
-        return FC(num_classes=num_classes)
-    if name == "cnn":
-        return CNN(num_classes=num_classes)
-    return ResNet(num_blocks=_RESNET_BLOCKS[name], num_classes=num_classes)
+  """Builds the model called ``name`` (one of ``MODEL_NAMES``)."""
+  if name not in MODEL_NAMES:
+    raise ValueError(
+      f"Unknown model name={name!r}; expected one of "
+      + ", ".join(repr(n) for n in MODEL_NAMES)
+      + "."
+    )
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  if num_classes <= 0:
+    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+  num_classes = int(num_classes)
+  if name == "fc":
+    return FC(num_classes=num_classes)
+  if name == "cnn":
+    return CNN(num_classes=num_classes)
+  return ResNet(num_blocks=_RESNET_BLOCKS[name], num_classes=num_classes)
 
 
 def count_params(params: Any) -> int:
-    """Total number of scalars in a pytree of arrays (e.g. ``variables["params"]``)."""
-    return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
+  """Total number of scalars in a pytree of arrays (e.g. ``variables["params"]``)."""
+  return int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
 
 
 def init_variables(
-    model: nn.Module, *, key: jax.Array, input_shape: tuple[int, ...]
+  model: nn.Module, *, key: jax.Array, input_shape: tuple[int, ...]
 ) -> dict[str, Any]:
-    """Initialises ``model`` for single images of shape ``input_shape`` (H, W, C).
+  """Initialises ``model`` for single images of shape ``input_shape`` (H, W, C).
 
-    Returns the flax variables dict: ``{"params", "batch_stats"}`` for the ResNets,
-    ``{"params"}`` for FC and CNN. Shapes do not depend on the batch size, so a batch of one
-    is enough.
-    """
-    dummy = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
-    variables = model.init(key, dummy, train=False)
-    return dict(variables)
+  Returns the flax variables dict: ``{"params", "batch_stats"}`` for the ResNets,
+  ``{"params"}`` for FC and CNN. Shapes do not depend on the batch size, so a batch of one
+  is enough.
+  """
+  dummy = jnp.zeros((1, *tuple(input_shape)), jnp.float32)
+  variables = model.init(key, dummy, train=False)
+  return dict(variables)

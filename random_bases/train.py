@@ -53,14 +53,14 @@ def make_optimizer(method: str, *, config, phase: int) -> optax.GradientTransfor
     return optax.sgd(lr)
   bases = config.bases
   kwargs = dict(
-      # Each phase draws its own stream of bases.
-      seed=jax.random.fold_in(jax.random.key(config.seed), phase),
-      distribution=bases.distribution,
-      normalize=bases.normalize,
-      compartments=config_lib.parse_compartments(bases.compartments),
-      allocation=bases.allocation,
-      generator=bases.generator,
-      block_rows=bases.block_rows or None,
+    # Each phase draws its own stream of bases.
+    seed=jax.random.fold_in(jax.random.key(config.seed), phase),
+    distribution=bases.distribution,
+    normalize=bases.normalize,
+    compartments=config_lib.parse_compartments(bases.compartments),
+    allocation=bases.allocation,
+    generator=bases.generator,
+    block_rows=bases.block_rows or None,
   )
   if method == "rbd":
     return rb.rbd(lr, bases.d, **kwargs)
@@ -126,15 +126,16 @@ class Trainer:
     return make_optimizer(self.phases[phase][0], config=self.config, phase=phase)
 
   def initial_state(self) -> dict[str, Any]:
-    variables = models.init_variables(self.model, key=self.init_key,
-                                      input_shape=self.dataset.image_shape)
+    variables = models.init_variables(
+      self.model, key=self.init_key, input_shape=self.dataset.image_shape
+    )
     params = variables["params"]
     return {
-        "step": jnp.zeros([], jnp.int32),
-        "epochs_done": jnp.zeros([], jnp.int32),
-        "params": params,
-        "batch_stats": variables.get("batch_stats", {}),
-        "opt_state": self.optimizer(0).init(params),
+      "step": jnp.zeros([], jnp.int32),
+      "epochs_done": jnp.zeros([], jnp.int32),
+      "params": params,
+      "batch_stats": variables.get("batch_stats", {}),
+      "opt_state": self.optimizer(0).init(params),
     }
 
   def checkpoint_target(self, epochs_done: int) -> dict[str, Any]:
@@ -158,8 +159,7 @@ class Trainer:
     if batch_stats:
       variables["batch_stats"] = batch_stats
       if train:
-        logits, new = self.model.apply(variables, images, train=True,
-                                       mutable=["batch_stats"])
+        logits, new = self.model.apply(variables, images, train=True, mutable=["batch_stats"])
         return logits, new["batch_stats"]
     return self.model.apply(variables, images, train=train), batch_stats
 
@@ -173,8 +173,7 @@ class Trainer:
       return example_losses(logits, labels).mean(), (logits, new_stats)
 
     want_correlation = self.config.metrics.gradient_correlation
-    forward_mode = (method in ("rbd", "fpd") and
-                    self.config.bases.coordinates == "forward")
+    forward_mode = method in ("rbd", "fpd") and self.config.bases.coordinates == "forward"
     # NES and forward mode need no backward pass, unless the metric does.
     if (method == "nes" or forward_mode) and not want_correlation:
       loss, (logits, new_stats) = loss_fn(params)
@@ -184,24 +183,33 @@ class Trainer:
 
     if method == "nes":
       estimate = rb.nes_gradient(
-          lambda p: loss_fn(p)[0], params,
-          key=jax.random.fold_in(self.nes_key, state["step"]), d=self.config.bases.d,
-          sigma=self.config.nes.sigma, antithetic=self.config.nes.antithetic,
-          fitness=self.config.nes.fitness, generator=self.config.bases.generator)
+        lambda p: loss_fn(p)[0],
+        params,
+        key=jax.random.fold_in(self.nes_key, state["step"]),
+        d=self.config.bases.d,
+        sigma=self.config.nes.sigma,
+        antithetic=self.config.nes.antithetic,
+        fitness=self.config.nes.fitness,
+        generator=self.config.bases.generator,
+      )
       updates, opt_state = tx.update(estimate, state["opt_state"], params)
     elif forward_mode:
-      updates, opt_state = tx.update(None, state["opt_state"], params,
-                                     value_fn=lambda p: loss_fn(p)[0])
+      updates, opt_state = tx.update(
+        None, state["opt_state"], params, value_fn=lambda p: loss_fn(p)[0]
+      )
     else:
       updates, opt_state = tx.update(grads, state["opt_state"], params)
 
-    metrics = {"loss": loss,
-               "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
     if want_correlation:
       metrics["correlation"] = update_correlation(updates, grads)
-    new_state = dict(state, step=state["step"] + 1,
-                     params=optax.apply_updates(params, updates),
-                     batch_stats=new_stats, opt_state=opt_state)
+    new_state = dict(
+      state,
+      step=state["step"] + 1,
+      params=optax.apply_updates(params, updates),
+      batch_stats=new_stats,
+      opt_state=opt_state,
+    )
     return new_state, metrics
 
   def train_steps(self, phase: int, num_steps: int):
@@ -232,7 +240,8 @@ class Trainer:
       images = jnp.take(train_images, index, axis=0)
       if augment:
         images = preprocess.preprocess_train_batch(
-            jax.random.fold_in(self.augment_key, state["step"]), images, dataset=name)
+          jax.random.fold_in(self.augment_key, state["step"]), images, dataset=name
+        )
       else:
         images = preprocess.preprocess_eval_batch(images, dataset=name)
       return self._train_step(phase, state, images, jnp.take(train_labels, index))
@@ -260,7 +269,8 @@ class Trainer:
     while done < num_steps:
       count = min(per_call, num_steps - done)
       state, metrics = self.train_steps(phase, count)(
-          state, self.train_images, self.train_labels, order)
+        state, self.train_images, self.train_labels, order
+      )
       chunks.append(metrics)
       done += count
     chunks = jax.device_get(chunks)
@@ -268,8 +278,9 @@ class Trainer:
 
   def epoch_order(self, epoch: int) -> jax.Array:
     """The epoch's shuffle, a pure function of (seed, epoch)."""
-    return jax.random.permutation(jax.random.fold_in(self.shuffle_key, epoch),
-                                  len(self.dataset.train_labels))
+    return jax.random.permutation(
+      jax.random.fold_in(self.shuffle_key, epoch), len(self.dataset.train_labels)
+    )
 
   # --- evaluation ---------------------------------------------------------
 
@@ -292,8 +303,9 @@ class Trainer:
   def _eval_batch(self, params, batch_stats, images, labels, mask, start):
     """Summed loss and correct predictions of the batch at ``start``."""
     size = self.config.train.eval_batch_size
-    images, labels, mask = (jax.lax.dynamic_slice_in_dim(x, start, size)
-                            for x in (images, labels, mask))
+    images, labels, mask = (
+      jax.lax.dynamic_slice_in_dim(x, start, size) for x in (images, labels, mask)
+    )
     images = preprocess.preprocess_eval_batch(images, dataset=self.dataset.name)
     logits, _ = self._forward(params, batch_stats, images, train=False)
     correct = jnp.argmax(logits, -1) == labels
@@ -304,32 +316,41 @@ class Trainer:
     size = self.config.train.eval_batch_size
     sums = {}
     for split, (images, labels, mask) in self.eval_splits.items():
-      sums[split] = [self._eval_step(state["params"], state["batch_stats"], images, labels,
-                                     mask, start)
-                     for start in range(0, len(labels), size)]
+      sums[split] = [
+        self._eval_step(state["params"], state["batch_stats"], images, labels, mask, start)
+        for start in range(0, len(labels), size)
+      ]
     sums = jax.device_get(sums)
     results = {}
     for split, batches in sums.items():
       count = float(np.sum(self.eval_splits[split][2]))
-      results[f"{split}_loss"] = float(np.sum([loss for loss, _ in batches], dtype=np.float64)) / count
-      results[f"{split}_accuracy"] = float(np.sum([c for _, c in batches], dtype=np.float64)) / count
+      results[f"{split}_loss"] = (
+        float(np.sum([loss for loss, _ in batches], dtype=np.float64)) / count
+      )
+      results[f"{split}_accuracy"] = (
+        float(np.sum([c for _, c in batches], dtype=np.float64)) / count
+      )
     return results
 
 
 def _summarise(chunks: list[dict]) -> dict[str, float]:
   """Means over steps of the chunks' per-step metrics."""
   out = {
-      "train_loss": float(np.mean(np.concatenate([np.asarray(c["loss"]) for c in chunks]))),
-      "train_accuracy": float(np.mean(np.concatenate([np.asarray(c["accuracy"]) for c in chunks]))),
+    "train_loss": float(np.mean(np.concatenate([np.asarray(c["loss"]) for c in chunks]))),
+    "train_accuracy": float(np.mean(np.concatenate([np.asarray(c["accuracy"]) for c in chunks]))),
   }
   if "correlation" in chunks[0]:
-    per_tensor = np.concatenate([np.asarray(c["correlation"]["per_tensor"]).ravel() for c in chunks])
+    per_tensor = np.concatenate(
+      [np.asarray(c["correlation"]["per_tensor"]).ravel() for c in chunks]
+    )
     whole = np.concatenate([np.asarray(c["correlation"]["whole"]) for c in chunks])
-    out.update(correlation_mean=float(per_tensor.mean()),
-               correlation_std=float(per_tensor.std()),
-               correlation_min=float(per_tensor.min()),
-               correlation_max=float(per_tensor.max()),
-               correlation_whole=float(whole.mean()))
+    out.update(
+      correlation_mean=float(per_tensor.mean()),
+      correlation_std=float(per_tensor.std()),
+      correlation_min=float(per_tensor.min()),
+      correlation_max=float(per_tensor.max()),
+      correlation_whole=float(whole.mean()),
+    )
   return out
 
 
@@ -383,15 +404,21 @@ def prepare_workdir(config, workdir: str) -> workdir_lib.Workdir:
 
 def load_data(config) -> data.Dataset:
   dataset = data.load_dataset(
-      config.data.dataset, source=config.data.source, data_dir=config.data.dir or None,
-      holdout=config.data.holdout, holdout_size=config.data.holdout_size,
-      holdout_seed=config.data.holdout_seed, cache_dir=config.data.cache_dir or None)
+    config.data.dataset,
+    source=config.data.source,
+    data_dir=config.data.dir or None,
+    holdout=config.data.holdout,
+    holdout_size=config.data.holdout_size,
+    holdout_seed=config.data.holdout_seed,
+    cache_dir=config.data.cache_dir or None,
+  )
   logging.info("Data: %s", dataset.description)
   return dataset
 
 
-def restore_or_init(config, trainer: Trainer, run: workdir_lib.Workdir
-                    ) -> tuple[dict[str, Any], workdir_lib.Checkpoints | None, str | None]:
+def restore_or_init(
+  config, trainer: Trainer, run: workdir_lib.Workdir
+) -> tuple[dict[str, Any], workdir_lib.Checkpoints | None, str | None]:
   """Records the accepted run and returns the state to continue from.
 
   The first step that writes: config.json and data.json (after checking the
@@ -411,8 +438,9 @@ def restore_or_init(config, trainer: Trainer, run: workdir_lib.Workdir
     epochs_done, restored = checkpoints.restore(trainer.checkpoint_target)
     if restored is not None:
       state = restored
-      logging.info("Resumed from the checkpoint after epoch %d (step %d)",
-                   epochs_done, int(state["step"]))
+      logging.info(
+        "Resumed from the checkpoint after epoch %d (step %d)", epochs_done, int(state["step"])
+      )
   run.trim_metrics(epochs_done)
   rows = run.read_metrics()
   stopped = None
@@ -423,8 +451,9 @@ def restore_or_init(config, trainer: Trainer, run: workdir_lib.Workdir
   return state, checkpoints, stopped
 
 
-def run_epoch(trainer: Trainer, state, epoch: int, writer: tensorboardX.SummaryWriter,
-              progress: _Progress) -> tuple[dict[str, Any], dict[str, Any]]:
+def run_epoch(
+  trainer: Trainer, state, epoch: int, writer: tensorboardX.SummaryWriter, progress: _Progress
+) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains and evaluates epoch ``epoch`` (0-based); returns the state and its record.
 
   Raises:
@@ -447,19 +476,29 @@ def run_epoch(trainer: Trainer, state, epoch: int, writer: tensorboardX.SummaryW
     interval = _summarise([metrics])
     if not math.isfinite(interval["train_loss"]):
       raise TrainingDiverged(
-          f"epoch {epoch + 1}, steps {first + 1}-{first + count}: the train loss is "
-          f"{interval['train_loss']} ({method} at learning_rate.{method}="
-          f"{config.learning_rate[method]}); nothing of this epoch was written")
+        f"epoch {epoch + 1}, steps {first + 1}-{first + count}: the train loss is "
+        f"{interval['train_loss']} ({method} at learning_rate.{method}="
+        f"{config.learning_rate[method]}); nothing of this epoch was written"
+      )
     step = int(state["step"])
     for k, v in interval.items():
       writer.add_scalar(f"interval/{k}", v, step)
-    correlation = (f"  corr {interval['correlation_whole']:.4f}"
-                   if "correlation_whole" in interval else "")
+    correlation = (
+      f"  corr {interval['correlation_whole']:.4f}" if "correlation_whole" in interval else ""
+    )
     logging.info(
-        "epoch %d/%d  step %d/%d  %s  loss %.4f  acc %.4f%s  %.0f img/s  ETA %s",
-        epoch + 1, config.train.epochs, first + count, trainer.steps_per_epoch, method,
-        interval["train_loss"], interval["train_accuracy"], correlation,
-        count * trainer.batch_size / elapsed, progress.advance(count))
+      "epoch %d/%d  step %d/%d  %s  loss %.4f  acc %.4f%s  %.0f img/s  ETA %s",
+      epoch + 1,
+      config.train.epochs,
+      first + count,
+      trainer.steps_per_epoch,
+      method,
+      interval["train_loss"],
+      interval["train_accuracy"],
+      correlation,
+      count * trainer.batch_size / elapsed,
+      progress.advance(count),
+    )
   train_seconds = time.perf_counter() - epoch_start
   state["epochs_done"] = jnp.asarray(epoch + 1, jnp.int32)
   record = {"epoch": epoch + 1, "step": int(state["step"]), "method": method}
@@ -468,19 +507,29 @@ def run_epoch(trainer: Trainer, state, epoch: int, writer: tensorboardX.SummaryW
   evaluation = trainer.evaluate(state)
   for key, value in evaluation.items():
     if key.endswith("_loss") and not math.isfinite(value):
-      raise TrainingDiverged(f"epoch {epoch + 1}: the {key.replace('_', ' ')} is {value}; "
-                             "nothing of this epoch was written")
+      raise TrainingDiverged(
+        f"epoch {epoch + 1}: the {key.replace('_', ' ')} is {value}; "
+        "nothing of this epoch was written"
+      )
   record.update(evaluation)
   record["eval_seconds"] = time.perf_counter() - eval_start
   record["train_seconds"] = train_seconds
   record["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / train_seconds
-  logging.info("epoch %d done: %s", epoch + 1,
-               "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)))
+  logging.info(
+    "epoch %d done: %s",
+    epoch + 1,
+    "  ".join(f"{k} {v:.4f}" for k, v in record.items() if isinstance(v, float)),
+  )
   return state, record
 
 
-def write_epoch(run: workdir_lib.Workdir, writer: tensorboardX.SummaryWriter,
-                checkpoints: workdir_lib.Checkpoints | None, state, record) -> None:
+def write_epoch(
+  run: workdir_lib.Workdir,
+  writer: tensorboardX.SummaryWriter,
+  checkpoints: workdir_lib.Checkpoints | None,
+  state,
+  record,
+) -> None:
   """Metrics line, TensorBoard scalars, then the checkpoint (committed in the background).
 
   In this order every committed checkpoint has its metrics line; lines and
@@ -497,14 +546,20 @@ def write_epoch(run: workdir_lib.Workdir, writer: tensorboardX.SummaryWriter,
 
 def finish(run: workdir_lib.Workdir, config) -> None:
   """Says where the results are and what the final accuracies are."""
-  outputs = ["metrics.jsonl", "tensorboard/"] + (["checkpoints/"]
-                                                 if config.train.checkpoint else [])
+  outputs = ["metrics.jsonl", "tensorboard/"] + (
+    ["checkpoints/"] if config.train.checkpoint else []
+  )
   logging.info("Results in %s: %s", run.path, ", ".join(outputs))
   rows = run.read_metrics()
   if rows:
-    splits = sorted((k[:-len("_accuracy")] for k in rows[-1]
-                     if k.endswith("_accuracy") and k != "train_accuracy"),
-                    key=lambda split: split == "test")  # the held-out split first
+    splits = sorted(
+      (
+        k[: -len("_accuracy")]
+        for k in rows[-1]
+        if k.endswith("_accuracy") and k != "train_accuracy"
+      ),
+      key=lambda split: split == "test",
+    )  # the held-out split first
     accuracies = [f"{split} accuracy {rows[-1][f'{split}_accuracy']:.4f}" for split in splits]
     logging.info("After epoch %d: %s", rows[-1]["epoch"], ", ".join(accuracies))
 
@@ -526,9 +581,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
   run = prepare_workdir(config, workdir)
   trainer = Trainer(config, load_data(config))
   state, checkpoints, stopped = restore_or_init(config, trainer, run)
-  logging.info("Model %s: %d trainable parameters; phases %s; %d steps per epoch",
-               config.model, models.count_params(state["params"]), trainer.phases,
-               trainer.steps_per_epoch)
+  logging.info(
+    "Model %s: %d trainable parameters; phases %s; %d steps per epoch",
+    config.model,
+    models.count_params(state["params"]),
+    trainer.phases,
+    trainer.steps_per_epoch,
+  )
   first_epoch = int(state["epochs_done"])
   writer = run.summary_writer(restored_step=int(state["step"]))
   progress = _Progress((config.train.epochs - first_epoch) * trainer.steps_per_epoch)

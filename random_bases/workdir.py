@@ -41,7 +41,8 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orbax.checkpoint as ocp
 import tensorboardX
@@ -51,15 +52,15 @@ from absl import logging
 # float rounding), so a resumed run ends as an uninterrupted run with the new
 # values would.
 RESUMABLE_FIELDS = (
-    "train.epochs",  # extends a finished run; fewer than the epochs done is refused
-    "train.log_every_steps",  # when progress is printed and metrics fetched
-    "train.steps_per_dispatch",  # how many of the same steps one jitted call runs
-    "train.eval_batch_size",  # how evaluation is batched, not what is evaluated
-    "metrics.gradient_correlation",  # an extra metric; the update is the same
-    # Where the data and its decoded cache live (they may move); data.json
-    # checks that the data loaded is the same.
-    "data.dir",
-    "data.cache_dir",
+  "train.epochs",  # extends a finished run; fewer than the epochs done is refused
+  "train.log_every_steps",  # when progress is printed and metrics fetched
+  "train.steps_per_dispatch",  # how many of the same steps one jitted call runs
+  "train.eval_batch_size",  # how evaluation is batched, not what is evaluated
+  "metrics.gradient_correlation",  # an extra metric; the update is the same
+  # Where the data and its decoded cache live (they may move); data.json
+  # checks that the data loaded is the same.
+  "data.dir",
+  "data.cache_dir",
 )
 
 CONFIG_FILE = "config.json"
@@ -93,9 +94,11 @@ _ABSENT = "(absent)"
 def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """``{field: (old, new)}`` of the fields whose values differ (nested dicts)."""
   old, new = flatten(old), flatten(new)
-  return {k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
-          for k in sorted(set(old) | set(new))
-          if old.get(k, _ABSENT) != new.get(k, _ABSENT)}
+  return {
+    k: (old.get(k, _ABSENT), new.get(k, _ABSENT))
+    for k in sorted(set(old) | set(new))
+    if old.get(k, _ABSENT) != new.get(k, _ABSENT)
+  }
 
 
 def config_record(config) -> dict:
@@ -113,8 +116,13 @@ def data_identity(dataset) -> dict:
     arrays += [images, labels]
   for array in arrays:
     digest.update(array.tobytes())
-  return {"dataset": dataset.name, "sample": dataset.is_sample, "images": sizes,
-          "fingerprint": digest.hexdigest(), "source": dataset.source}
+  return {
+    "dataset": dataset.name,
+    "sample": dataset.is_sample,
+    "images": sizes,
+    "fingerprint": digest.hexdigest(),
+    "source": dataset.source,
+  }
 
 
 def strict_json(record: dict[str, Any]) -> str:
@@ -141,8 +149,10 @@ def _write_atomically(path: str, text: str) -> None:
 
 
 def _how_to_start_fresh(path: str) -> str:
-  return (f"To start a fresh run, pass another --workdir or delete {path}. "
-          f"Fields that may change on resume: {', '.join(RESUMABLE_FIELDS)}.")
+  return (
+    f"To start a fresh run, pass another --workdir or delete {path}. "
+    f"Fields that may change on resume: {', '.join(RESUMABLE_FIELDS)}."
+  )
 
 
 class Workdir:
@@ -175,8 +185,9 @@ class Workdir:
         try:
           rows.append(json.loads(line))
         except json.JSONDecodeError:
-          logging.warning("%s line %d is cut off (a crash while writing it); dropped",
-                          self.metrics_path, number)
+          logging.warning(
+            "%s line %d is cut off (a crash while writing it); dropped", self.metrics_path, number
+          )
     return rows
 
   def holds_run(self) -> bool:
@@ -193,22 +204,29 @@ class Workdir:
     if not self.holds_run():
       return
     if not os.path.exists(self.config_path):
-      raise WorkdirMismatch(f"workdir {self.path} holds checkpoints or metrics but no "
-                            f"{CONFIG_FILE}, so a rerun cannot tell whether it continues "
-                            f"that run. {_how_to_start_fresh(self.path)}")
+      raise WorkdirMismatch(
+        f"workdir {self.path} holds checkpoints or metrics but no "
+        f"{CONFIG_FILE}, so a rerun cannot tell whether it continues "
+        f"that run. {_how_to_start_fresh(self.path)}"
+      )
     with open(self.config_path) as f:
       old = json.load(f)
-    changed = {k: v for k, v in differences(old, config_record(config)).items()
-               if k not in RESUMABLE_FIELDS}
+    changed = {
+      k: v for k, v in differences(old, config_record(config)).items() if k not in RESUMABLE_FIELDS
+    }
     if changed:
       lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-      raise WorkdirMismatch(f"workdir {self.path} holds a run with a different config "
-                            f"(old -> new):\n{lines}\n{_how_to_start_fresh(self.path)}")
+      raise WorkdirMismatch(
+        f"workdir {self.path} holds a run with a different config "
+        f"(old -> new):\n{lines}\n{_how_to_start_fresh(self.path)}"
+      )
     done = max(self.checkpoint_epochs(), default=0)
     if config.train.epochs < done:
-      raise WorkdirMismatch(f"workdir {self.path} holds a checkpoint after epoch {done}; "
-                            f"train.epochs={config.train.epochs} cannot undo epochs. "
-                            f"{_how_to_start_fresh(self.path)}")
+      raise WorkdirMismatch(
+        f"workdir {self.path} holds a checkpoint after epoch {done}; "
+        f"train.epochs={config.train.epochs} cannot undo epochs. "
+        f"{_how_to_start_fresh(self.path)}"
+      )
 
   def check_data(self, identity: dict) -> None:
     """Raises WorkdirMismatch if the run held here trained on other data."""
@@ -216,13 +234,13 @@ class Workdir:
       return
     with open(self.data_path) as f:
       old = json.load(f)
-    changed = {k: v for k, v in differences(old, identity).items()
-               if not k.startswith("source")}
+    changed = {k: v for k, v in differences(old, identity).items() if not k.startswith("source")}
     if changed:
       lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
       raise WorkdirMismatch(
-          f"workdir {self.path} holds a run on other data than {identity['source']} "
-          f"(old -> new):\n{lines}\n{_how_to_start_fresh(self.path)}")
+        f"workdir {self.path} holds a run on other data than {identity['source']} "
+        f"(old -> new):\n{lines}\n{_how_to_start_fresh(self.path)}"
+      )
 
   def write_record(self, config, identity: dict) -> None:
     """Writes config.json and data.json: the config and data now accepted."""
@@ -242,8 +260,12 @@ class Workdir:
     kept = [kept[e] for e in sorted(kept)]
     if kept == rows:
       return
-    logging.warning("%s: kept the lines of epochs 1-%d (the restored checkpoint's), "
-                    "dropped %d", self.metrics_path, epoch, len(rows) - len(kept))
+    logging.warning(
+      "%s: kept the lines of epochs 1-%d (the restored checkpoint's), dropped %d",
+      self.metrics_path,
+      epoch,
+      len(rows) - len(kept),
+    )
     _write_atomically(self.metrics_path, "".join(strict_json(r) + "\n" for r in kept))
 
   def append_metrics(self, record: dict[str, Any]) -> None:
@@ -260,8 +282,9 @@ class Workdir:
     file (tensorboardX names files by the second, and would overwrite one)
     in the order they were opened.
     """
-    return tensorboardX.SummaryWriter(self.tensorboard_dir, purge_step=restored_step + 1,
-                                      filename_suffix=f".{time.time_ns()}")
+    return tensorboardX.SummaryWriter(
+      self.tensorboard_dir, purge_step=restored_step + 1, filename_suffix=f".{time.time_ns()}"
+    )
 
   def checkpoints(self) -> Checkpoints:
     return Checkpoints(self.checkpoint_dir, corrupt_dir=self.corrupt_checkpoint_dir)
@@ -279,8 +302,8 @@ class Checkpoints:
           logging.warning("Removing %s: a checkpoint a crash left unfinished", name)
           shutil.rmtree(os.path.join(self.directory, name))
     self._manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                                             create=True))
+      self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+    )
 
   def restore(self, target_for: Callable[[int], Any]) -> tuple[int, Any]:
     """Restores the newest checkpoint that reads back.
@@ -303,9 +326,12 @@ class Checkpoints:
       # any of their exception types.
       except Exception as error:  # pylint: disable=broad-except
         first_line = (str(error).splitlines() or [type(error).__name__])[0]
-        logging.warning("Checkpoint %s is unreadable (%s: %s)",
-                        os.path.join(self.directory, str(epoch)), type(error).__name__,
-                        first_line[:300])
+        logging.warning(
+          "Checkpoint %s is unreadable (%s: %s)",
+          os.path.join(self.directory, str(epoch)),
+          type(error).__name__,
+          first_line[:300],
+        )
         unreadable.append((epoch, error))
         continue
       for bad, _ in unreadable:
@@ -315,8 +341,10 @@ class Checkpoints:
       return epoch, state
     if unreadable:
       epoch, error = unreadable[0]
-      raise RuntimeError(f"no checkpoint in {self.directory} reads back; the newest, "
-                         f"epoch {epoch}, fails with: {error}") from error
+      raise RuntimeError(
+        f"no checkpoint in {self.directory} reads back; the newest, "
+        f"epoch {epoch}, fails with: {error}"
+      ) from error
     return 0, None
 
   def _set_aside(self, epoch: int) -> None:

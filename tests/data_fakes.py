@@ -14,8 +14,18 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog",
-                   "frog", "horse", "ship", "truck")
+CIFAR10_CLASSES = (
+  "airplane",
+  "automobile",
+  "bird",
+  "cat",
+  "deer",
+  "dog",
+  "frog",
+  "horse",
+  "ship",
+  "truck",
+)
 
 
 def write_idx(path: pathlib.Path, array, *, magic: bytes | None = None) -> None:
@@ -30,15 +40,15 @@ def write_idx(path: pathlib.Path, array, *, magic: bytes | None = None) -> None:
     path.write_bytes(raw)
 
 
-def write_fake_mnist(directory: pathlib.Path, *, num_train: int = 50,
-                     num_test: int = 20, gz: bool = True):
+def write_fake_mnist(
+  directory: pathlib.Path, *, num_train: int = 50, num_test: int = 20, gz: bool = True
+):
   """The four IDX files of random images; returns {split: (images, labels)}."""
   directory.mkdir(parents=True, exist_ok=True)
   rng = np.random.default_rng(123)
   suffix = ".gz" if gz else ""
   out = {}
-  for split, n, prefix in (("train", num_train, "train"),
-                           ("test", num_test, "t10k")):
+  for split, n, prefix in (("train", num_train, "train"), ("test", num_test, "t10k")):
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, (n,), dtype=np.uint8)
     write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}", images)
@@ -54,18 +64,17 @@ def cifar_pixel(n, row, col, channel):
 def write_cifar(directory: pathlib.Path, per_batch: int = 10) -> None:
   """The six CIFAR-10 python batches; image n has pixels cifar_pixel(n, ...)."""
   directory.mkdir(parents=True, exist_ok=True)
-  n, c, r, w = np.meshgrid(np.arange(per_batch), np.arange(3), np.arange(32),
-                           np.arange(32), indexing="ij")
+  n, c, r, w = np.meshgrid(
+    np.arange(per_batch), np.arange(3), np.arange(32), np.arange(32), indexing="ij"
+  )
   names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
   for b, name in enumerate(names):
     # Official layout: [N, 3072] rows holding the R, G, B planes, row-major.
-    data = cifar_pixel(n + b * per_batch, r, w, c).astype(np.uint8).reshape(
-        per_batch, 3072)
+    data = cifar_pixel(n + b * per_batch, r, w, c).astype(np.uint8).reshape(per_batch, 3072)
     labels = [int(i % 10) for i in range(b * per_batch, (b + 1) * per_batch)]
     with open(directory / name, "wb") as f:
       # Protocol 2 with bytes keys, like the Python 2 files CIFAR-10 ships.
-      pickle.dump({b"batch_label": b"batch", b"data": data, b"labels": labels},
-                  f, protocol=2)
+      pickle.dump({b"batch_label": b"batch", b"data": data, b"labels": labels}, f, protocol=2)
 
 
 def jpeg_colour(split_index: int, label: int, i: int) -> tuple[int, int, int]:
@@ -73,8 +82,9 @@ def jpeg_colour(split_index: int, label: int, i: int) -> tuple[int, int, int]:
   return (20 + 20 * label, 200 - 15 * i, 60 + 100 * split_index)
 
 
-def write_image_tree(root: pathlib.Path, *, classes, counts=None,
-                     image_format: str = "png", shape=(32, 32, 3), seed=0):
+def write_image_tree(
+  root: pathlib.Path, *, classes, counts=None, image_format: str = "png", shape=(32, 32, 3), seed=0
+):
   """`split/class/NNNN.<format>` images; returns {split: (images, labels)}.
 
   Labels follow `classes`' order, images each class's file-name order: the
@@ -105,8 +115,9 @@ def write_image_tree(root: pathlib.Path, *, classes, counts=None,
   return expected
 
 
-def write_tar_gz(source: pathlib.Path, archive: pathlib.Path, *,
-                 top: str | None = None) -> pathlib.Path:
+def write_tar_gz(
+  source: pathlib.Path, archive: pathlib.Path, *, top: str | None = None
+) -> pathlib.Path:
   """`source`'s contents as a .tar.gz, under the folder `top` if given."""
   with tarfile.open(archive, "w:gz") as tar:
     for child in sorted(source.iterdir()):

@@ -21,8 +21,7 @@ def row_key(seed, step, worker, compartment, row):
   return key
 
 
-def dense_basis(seed, step, worker, compartment, dim, n, distribution="normal",
-                normalize="norm"):
+def dense_basis(seed, step, worker, compartment, dim, n, distribution="normal", normalize="norm"):
   """P as a [n, dim] matrix whose columns are the directions."""
   rows = []
   for i in range(dim):
@@ -45,8 +44,7 @@ def dense_basis(seed, step, worker, compartment, dim, n, distribution="normal",
 
 def flat(tree):
   """Leaves concatenated in pytree order, as float64 numpy."""
-  return np.concatenate([np.ravel(np.asarray(x, np.float64))
-                         for x in jax.tree.leaves(tree)])
+  return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
 
 
 # Read once, at import: tests that change the variable to test the library's
@@ -76,8 +74,10 @@ def missing_data(message):
 def shared_dataset(*parts):
   """$RANDOM_BASES_DATA_DIR/<parts>: the real data .ci/run points the tests at."""
   if not DATA_ROOT:
-    missing_data(f"{'/'.join(parts)}: RANDOM_BASES_DATA_DIR is not set (point "
-                 "it at the shared datasets, e.g. ../shared/datasets)")
+    missing_data(
+      f"{'/'.join(parts)}: RANDOM_BASES_DATA_DIR is not set (point "
+      "it at the shared datasets, e.g. ../shared/datasets)"
+    )
   return require_data(pathlib.Path(DATA_ROOT, *parts), "/".join(parts))
 
 
@@ -91,21 +91,25 @@ def mnist_fc_problem(num_test=None):
     loss(params, x, y) the mean softmax cross-entropy.
   """
   import optax
-  from random_bases import data as data_lib, models
-  data = data_lib.load_dataset("mnist", source="files",
-                               data_dir=str(shared_dataset("mnist")), holdout="none")
+
+  from random_bases import data as data_lib
+  from random_bases import models
+
+  data = data_lib.load_dataset(
+    "mnist", source="files", data_dir=str(shared_dataset("mnist")), holdout="none"
+  )
   x_train = jnp.asarray(data.train_images[:20_000], jnp.float32) / 255.0
   y_train = jnp.asarray(data.train_labels[:20_000])
   x_test, y_test = data.eval_splits["test"]
   x_test = jnp.asarray(x_test[:num_test], jnp.float32) / 255.0
   y_test = jnp.asarray(y_test[:num_test])
   model = models.create_model("fc")
-  params0 = models.init_variables(model, key=jax.random.key(0),
-                                  input_shape=(28, 28, 1))["params"]
+  params0 = models.init_variables(model, key=jax.random.key(0), input_shape=(28, 28, 1))["params"]
 
   def loss(params, x, y):
     logits = model.apply({"params": params}, x, train=False)
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
   return x_train, y_train, x_test, y_test, model, params0, loss
 
 
@@ -131,9 +135,15 @@ def update_checksum_in_fresh_process(generator=None):
   import os
   import subprocess
   import sys
+
   argument = "" if generator is None else f", generator={generator!r}"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-c", CHECKSUM_SCRIPT.format(generator=argument)],
-                       check=True, cwd=root, capture_output=True, text=True,
-                       env=dict(os.environ, JAX_PLATFORMS="cpu")).stdout.split()
+  out = subprocess.run(
+    [sys.executable, "-c", CHECKSUM_SCRIPT.format(generator=argument)],
+    check=True,
+    cwd=root,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  ).stdout.split()
   return [float(v) for v in out]

@@ -19,8 +19,7 @@ def test_unknown_dataset_lists_the_allowed_values():
   with pytest.raises(ValueError, match="dataset='svhn'.*'mnist', 'fashion_mnist', 'cifar10'"):
     preprocess.preprocess_eval_batch(jnp.zeros((1, 28, 28, 1)), dataset="svhn")
   with pytest.raises(ValueError, match="dataset='svhn'"):
-    preprocess.preprocess_train_batch(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
-                                      dataset="svhn")
+    preprocess.preprocess_train_batch(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), dataset="svhn")
 
 
 def _np_standardize(x):
@@ -36,7 +35,7 @@ def _np_augment(images, params, dataset):
   n, h, w, _ = x.shape
   padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   offsets = np.asarray(params["offsets"])
-  out = np.stack([padded[i, oy:oy + h, ox:ox + w] for i, (oy, ox) in enumerate(offsets)])
+  out = np.stack([padded[i, oy : oy + h, ox : ox + w] for i, (oy, ox) in enumerate(offsets)])
   if dataset == "cifar10":
     flip = np.asarray(params["flip"])
     out = np.where(flip[:, None, None, None], out[:, :, ::-1], out)
@@ -44,9 +43,10 @@ def _np_augment(images, params, dataset):
   return out + np.asarray(params["brightness"])[:, None, None, None]
 
 
-@pytest.mark.parametrize("dataset,shape", [("mnist", (28, 28, 1)),
-                                           ("fashion_mnist", (28, 28, 1)),
-                                           ("cifar10", (32, 32, 3))])
+@pytest.mark.parametrize(
+  "dataset,shape",
+  [("mnist", (28, 28, 1)), ("fashion_mnist", (28, 28, 1)), ("cifar10", (32, 32, 3))],
+)
 def test_train_preprocessing_matches_reference(dataset, shape):
   images = np.random.default_rng(0).integers(0, 256, (16, *shape), dtype=np.uint8)
   key = jax.random.key(3)
@@ -57,8 +57,9 @@ def test_train_preprocessing_matches_reference(dataset, shape):
   jitted = jax.jit(preprocess.preprocess_train_batch, static_argnames="dataset")
   np.testing.assert_allclose(jitted(key, images, dataset=dataset), out, atol=1e-5)
   # Float input in [0, 1] is treated like the equivalent uint8 input.
-  as_float = preprocess.preprocess_train_batch(key, images.astype(np.float32) / 255.0,
-                                               dataset=dataset)
+  as_float = preprocess.preprocess_train_batch(
+    key, images.astype(np.float32) / 255.0, dataset=dataset
+  )
   np.testing.assert_allclose(as_float, out, atol=1e-5)
 
 
@@ -87,8 +88,11 @@ def test_mnist_augmentation_from_outputs_alone():
   delta = out[:, 0, 0, 0]
   # Every black pixel shifts by the same per-image delta; no clipping, so the lit pixel is
   # 1 + delta even above 1.
-  np.testing.assert_allclose(np.sort(out.reshape(512, -1), axis=1)[:, :-1],
-                             delta[:, None] + np.zeros((1, 28 * 28 - 1)), atol=1e-6)
+  np.testing.assert_allclose(
+    np.sort(out.reshape(512, -1), axis=1)[:, :-1],
+    delta[:, None] + np.zeros((1, 28 * 28 - 1)),
+    atol=1e-6,
+  )
   assert delta.min() >= -0.5 and delta.max() <= 0.5 and out.max() > 1.0 and out.min() < 0.0
   flat_pos = out.reshape(512, -1).argmax(axis=1)
   offsets = np.stack([17 - flat_pos // 28, 17 - flat_pos % 28], axis=1)
@@ -122,8 +126,9 @@ def test_standardization_matches_tensorflow():
   x = np.random.default_rng(2).random((4, 32, 32, 3), dtype=np.float32)
   x[0] = 0.25  # constant image: exercises the std floor
   expected = tf.image.per_image_standardization(x).numpy()
-  np.testing.assert_allclose(preprocess.per_image_standardization(jnp.asarray(x)), expected,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    preprocess.per_image_standardization(jnp.asarray(x)), expected, atol=1e-5
+  )
 
 
 def test_determinism_per_key():
@@ -142,7 +147,8 @@ def test_eval_preprocessing_is_deterministic():
   assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
   np.testing.assert_allclose(out, images.astype(np.float32) / 255.0, rtol=1e-6)
   np.testing.assert_array_equal(
-      preprocess.preprocess_eval_batch(images, dataset="fashion_mnist"), out)
+    preprocess.preprocess_eval_batch(images, dataset="fashion_mnist"), out
+  )
   cifar = np.random.default_rng(6).integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   a = np.asarray(preprocess.preprocess_eval_batch(cifar, dataset="cifar10"))
   jitted = jax.jit(preprocess.preprocess_eval_batch, static_argnames="dataset")

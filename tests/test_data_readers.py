@@ -10,12 +10,12 @@ import os
 import pickle
 import shutil
 
-import numpy as np
-from PIL import Image
-import pytest
-
 import data_fakes
+import numpy as np
+import pytest
 import reference
+from PIL import Image
+
 from random_bases.data import readers
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -53,13 +53,11 @@ def test_idx_split_round_trip(tmp_path, gz):
 
 def test_corrupt_idx_files(tmp_path):
   bad_magic = tmp_path / "bad-magic-idx3-ubyte.gz"
-  data_fakes.write_idx(bad_magic, np.zeros((2, 28, 28)),
-                       magic=bytes([0, 0, 0x0D, 3]))
+  data_fakes.write_idx(bad_magic, np.zeros((2, 28, 28)), magic=bytes([0, 0, 0x0D, 3]))
   with pytest.raises(ValueError, match="magic"):
     readers.read_idx(bad_magic)
   truncated = tmp_path / "truncated-idx1-ubyte"
-  truncated.write_bytes(bytes([0, 0, 8, 1]) + np.asarray([100], ">u4").tobytes()
-                        + bytes(99))
+  truncated.write_bytes(bytes([0, 0, 8, 1]) + np.asarray([100], ">u4").tobytes() + bytes(99))
   with pytest.raises(ValueError, match=str(truncated)):
     readers.read_idx(truncated)
   not_gzip = tmp_path / "garbage-idx1-ubyte.gz"
@@ -67,8 +65,9 @@ def test_corrupt_idx_files(tmp_path):
   with pytest.raises(ValueError, match="Cannot read"):
     readers.read_idx(not_gzip)
   data_fakes.write_fake_mnist(tmp_path / "ds")
-  data_fakes.write_idx(tmp_path / "ds" / "train-labels-idx1-ubyte.gz",
-                       np.zeros(50), magic=bytes([0, 0, 0x08, 3]))
+  data_fakes.write_idx(
+    tmp_path / "ds" / "train-labels-idx1-ubyte.gz", np.zeros(50), magic=bytes([0, 0, 0x08, 3])
+  )
   with pytest.raises(ValueError, match="train-labels"):
     readers.read_idx_split(tmp_path / "ds", "train")
 
@@ -141,8 +140,7 @@ def test_jpeg_folder_with_explicit_class_order(tmp_path):
   order = ("dog", "cat", "ant")
   data_fakes.write_image_tree(tmp_path, classes=CLASSES, image_format="jpg")
   (tmp_path / "README.md").write_text("not an image: ignored")
-  folder = readers.read_image_folder(tmp_path, image_shape=(32, 32, 3),
-                                     classes=order)
+  folder = readers.read_image_folder(tmp_path, image_shape=(32, 32, 3), classes=order)
   assert folder.classes == order and folder.formats == ("JPEG",)
   for split_index, split in enumerate(("train", "test")):
     images, labels = folder.splits[split]
@@ -151,13 +149,11 @@ def test_jpeg_folder_with_explicit_class_order(tmp_path):
     for k, (image, label) in enumerate(zip(images, labels)):
       written_label = CLASSES.index(order[label])
       colour = data_fakes.jpeg_colour(split_index, written_label, k % count)
-      np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), colour,
-                                 atol=2)
+      np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), colour, atol=2)
 
 
 def test_greyscale_folder(tmp_path):
-  expected = data_fakes.write_image_tree(tmp_path, classes=("0", "1"),
-                                         shape=(28, 28, 1))
+  expected = data_fakes.write_image_tree(tmp_path, classes=("0", "1"), shape=(28, 28, 1))
   folder = readers.read_image_folder(tmp_path, image_shape=(28, 28, 1))
   np.testing.assert_array_equal(folder.splits["test"][0], expected["test"][0])
   # An RGB image where greyscale is expected is converted, not refused.

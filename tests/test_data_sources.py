@@ -14,14 +14,13 @@ import pathlib
 import subprocess
 import sys
 
+import data_fakes
 import numpy as np
 import pytest
-
-import data_fakes
 import reference
+
 from random_bases import data
-from random_bases.data import readers
-from random_bases.data import sources
+from random_bases.data import readers, sources
 
 FASHION_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
@@ -35,8 +34,7 @@ def _isolated_locations(monkeypatch, tmp_path_factory):
   # tests that need the variables set them.
   monkeypatch.delenv(data.DATA_DIR_ENV_VAR, raising=False)
   monkeypatch.delenv(sources.CACHE_DIR_ENV_VAR, raising=False)
-  monkeypatch.setenv(sources.TFDS_DATA_DIR_ENV_VAR,
-                     str(tmp_path_factory.mktemp("empty_tfds")))
+  monkeypatch.setenv(sources.TFDS_DATA_DIR_ENV_VAR, str(tmp_path_factory.mktemp("empty_tfds")))
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +44,14 @@ def mnist_dir():
 
 @pytest.fixture(scope="module")
 def mnist_raw(mnist_dir):
-  return {split: readers.read_idx_split(mnist_dir, split)
-          for split in ("train", "test")}
+  return {split: readers.read_idx_split(mnist_dir, split) for split in ("train", "test")}
 
 
 @pytest.fixture(scope="module")
 def mnist_validation(mnist_dir):
-  return data.load_dataset("mnist", source="files", data_dir=str(mnist_dir),
-                           holdout="validation", holdout_seed=0)
+  return data.load_dataset(
+    "mnist", source="files", data_dir=str(mnist_dir), holdout="validation", holdout_seed=0
+  )
 
 
 def _row_hashes(images: np.ndarray) -> np.ndarray:
@@ -81,41 +79,41 @@ def test_load_mnist_validation_holdout(mnist_dir, mnist_raw, mnist_validation):
   assert test_x.shape == (10000, 28, 28, 1) and len(test_y) == 10000
   for x, y in ((ds.train_images, ds.train_labels), (val_x, val_y), (test_x, test_y)):
     assert x.dtype == np.uint8 and y.dtype == np.int32
-  train_idx, val_idx = sources.holdout_indices(60000, holdout="validation",
-                                               holdout_size=10000, holdout_seed=0)
+  train_idx, val_idx = sources.holdout_indices(
+    60000, holdout="validation", holdout_size=10000, holdout_seed=0
+  )
   assert len(np.intersect1d(train_idx, val_idx)) == 0
   assert len(np.union1d(train_idx, val_idx)) == 60000
   np.testing.assert_array_equal(ds.train_images, mnist_raw["train"][0][train_idx])
   np.testing.assert_array_equal(val_y, mnist_raw["train"][1][val_idx])
   np.testing.assert_array_equal(
-      _row_hashes(np.concatenate([ds.train_images, val_x])),
-      _row_hashes(mnist_raw["train"][0]))
+    _row_hashes(np.concatenate([ds.train_images, val_x])), _row_hashes(mnist_raw["train"][0])
+  )
   np.testing.assert_array_equal(test_x, mnist_raw["test"][0])
 
 
 def test_validation_holdout_is_deterministic_per_seed(mnist_dir, mnist_validation):
   again = data.load_dataset("mnist", source="files", data_dir=str(mnist_dir))
-  np.testing.assert_array_equal(again.eval_splits["validation"][0],
-                                mnist_validation.eval_splits["validation"][0])
+  np.testing.assert_array_equal(
+    again.eval_splits["validation"][0], mnist_validation.eval_splits["validation"][0]
+  )
   np.testing.assert_array_equal(again.train_labels, mnist_validation.train_labels)
   _, held0 = sources.holdout_indices(60000, holdout_seed=0)
   _, held1 = sources.holdout_indices(60000, holdout_seed=1)
   assert not np.array_equal(held0, held1)
-  other = data.load_dataset("mnist", source="files", data_dir=str(mnist_dir),
-                            holdout_seed=1)
-  assert not np.array_equal(other.eval_splits["validation"][0],
-                            mnist_validation.eval_splits["validation"][0])
+  other = data.load_dataset("mnist", source="files", data_dir=str(mnist_dir), holdout_seed=1)
+  assert not np.array_equal(
+    other.eval_splits["validation"][0], mnist_validation.eval_splits["validation"][0]
+  )
 
 
 def test_tune_and_none_holdouts(mnist_dir):
-  tune = data.load_dataset("mnist", source="files", data_dir=str(mnist_dir),
-                           holdout="tune")
+  tune = data.load_dataset("mnist", source="files", data_dir=str(mnist_dir), holdout="tune")
   assert list(tune.eval_splits) == ["heldout", "test"]
   assert len(tune.train_labels) == 45000 and len(tune.eval_splits["heldout"][1]) == 15000
   train_idx, held_idx = sources.holdout_indices(60000, holdout="tune")
   assert len(np.intersect1d(train_idx, held_idx)) == 0 and len(train_idx) == 45000
-  none = data.load_dataset("mnist", source="files", data_dir=str(mnist_dir),
-                           holdout="none")
+  none = data.load_dataset("mnist", source="files", data_dir=str(mnist_dir), holdout="none")
   assert list(none.eval_splits) == ["test"] and len(none.train_labels) == 60000
   assert np.bincount(none.train_labels).tolist() == MNIST_TRAIN_COUNTS
 
@@ -126,8 +124,7 @@ def test_tune_and_none_holdouts(mnist_dir):
 
 
 def test_fashion_mnist_found_where_debian_installs_it():
-  reference.require_data(FASHION_DIR, "Fashion-MNIST (Debian package "
-                         "dataset-fashion-mnist)")
+  reference.require_data(FASHION_DIR, "Fashion-MNIST (Debian package dataset-fashion-mnist)")
   ds = data.load_dataset("fashion_mnist", source="files", holdout="none")
   assert ds.source == f"files:{FASHION_DIR}"
   assert ds.train_images.shape == (60000, 28, 28, 1) and ds.train_images.dtype == np.uint8
@@ -140,8 +137,7 @@ def test_fashion_mnist_found_where_debian_installs_it():
 def test_env_var_subfolder_and_uncompressed_files(tmp_path, monkeypatch):
   fake = data_fakes.write_fake_mnist(tmp_path / "mnist", gz=False)
   monkeypatch.setenv(data.DATA_DIR_ENV_VAR, str(tmp_path))
-  ds = data.load_dataset("mnist", source="files", holdout="validation",
-                         holdout_size=10)
+  ds = data.load_dataset("mnist", source="files", holdout="validation", holdout_size=10)
   assert ds.source == f"files:{tmp_path / 'mnist'}"
   assert len(ds.train_labels) == 40 and len(ds.eval_splits["validation"][1]) == 10
   np.testing.assert_array_equal(ds.eval_splits["test"][0][..., 0], fake["test"][0])
@@ -170,18 +166,15 @@ def test_missing_file_names_the_file(tmp_path):
   with pytest.raises(ValueError, match="t10k-labels-idx1-ubyte.gz is missing"):
     data.load_dataset("mnist", source="files", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="dataset-fashion-mnist"):
-    data.load_dataset("fashion_mnist", source="files",
-                      data_dir=str(tmp_path / "nothing"))
+    data.load_dataset("fashion_mnist", source="files", data_dir=str(tmp_path / "nothing"))
   with pytest.raises(ValueError, match="cifar-10-batches-py"):
     data.load_dataset("cifar10", source="files", data_dir=str(tmp_path / "nothing"))
 
 
 @pytest.mark.parametrize("layout", ["flat", "subdir"])
 def test_load_cifar_files(tmp_path, layout):
-  data_fakes.write_cifar(tmp_path / "cifar-10-batches-py" if layout == "subdir"
-                         else tmp_path)
-  ds = data.load_dataset("cifar10", source="files", data_dir=str(tmp_path),
-                         holdout_size=10)
+  data_fakes.write_cifar(tmp_path / "cifar-10-batches-py" if layout == "subdir" else tmp_path)
+  ds = data.load_dataset("cifar10", source="files", data_dir=str(tmp_path), holdout_size=10)
   assert ds.image_shape == (32, 32, 3) and ds.num_classes == 10
   assert ds.description.startswith("CIFAR-10 (official python pickles) from ")
   assert ds.train_images.shape == (40, 32, 32, 3)
@@ -239,10 +232,8 @@ def test_sample_source(mnist_raw, caplog):
   assert "SAMPLE" in caplog.text
   # The sample is real MNIST: each image is the full-dataset image at its index.
   with np.load(sources.SAMPLE_PATH) as npz:
-    np.testing.assert_array_equal(npz["train_images"],
-                                  mnist_raw["train"][0][npz["train_indices"]])
-    np.testing.assert_array_equal(npz["test_labels"],
-                                  mnist_raw["test"][1][npz["test_indices"]])
+    np.testing.assert_array_equal(npz["train_images"], mnist_raw["train"][0][npz["train_indices"]])
+    np.testing.assert_array_equal(npz["test_labels"], mnist_raw["test"][1][npz["test_indices"]])
   caplog.clear()
   val = data.load_dataset("mnist", source="sample")
   assert len(val.eval_splits["validation"][1]) == 400 and len(val.train_labels) == 1600
@@ -303,10 +294,12 @@ def test_auto_with_data_dir_never_falls_back_to_the_sample(mnist_dir, tmp_path):
 def test_auto_does_not_touch_tfds_when_it_has_nothing(tmp_path):
   # The guard that keeps "auto" from hanging offline: with no TFDS folder it
   # does not even import tensorflow_datasets.
-  script = ("import sys\n"
-            "from random_bases import data\n"
-            "assert data.load_dataset('mnist', holdout='none').is_sample\n"
-            "assert 'tensorflow_datasets' not in sys.modules\n")
+  script = (
+    "import sys\n"
+    "from random_bases import data\n"
+    "assert data.load_dataset('mnist', holdout='none').is_sample\n"
+    "assert 'tensorflow_datasets' not in sys.modules\n"
+  )
   env = {k: v for k, v in os.environ.items() if k != data.DATA_DIR_ENV_VAR}
   env.update(TFDS_DATA_DIR=str(tmp_path), JAX_PLATFORMS="cpu")
   subprocess.run([sys.executable, "-c", script], check=True, env=env)
@@ -318,27 +311,37 @@ def test_auto_does_not_touch_tfds_when_it_has_nothing(tmp_path):
 
 
 def _cifar_tree(root, **kw):
-  return data_fakes.write_image_tree(root, classes=data_fakes.CIFAR10_CLASSES,
-                                     counts={"train": 2, "test": 1}, **kw)
+  return data_fakes.write_image_tree(
+    root, classes=data_fakes.CIFAR10_CLASSES, counts={"train": 2, "test": 1}, **kw
+  )
 
 
 def test_folder_source_holdout_and_description(tmp_path):
   expected = _cifar_tree(tmp_path / "tree")
-  ds = data.load_dataset("cifar10", source="folder", data_dir=str(tmp_path / "tree"),
-                         holdout_size=5, cache_dir=str(tmp_path / "cache"))
+  ds = data.load_dataset(
+    "cifar10",
+    source="folder",
+    data_dir=str(tmp_path / "tree"),
+    holdout_size=5,
+    cache_dir=str(tmp_path / "cache"),
+  )
   assert ds.source == f"folder:{tmp_path / 'tree'}"
   assert ds.description == f"CIFAR-10 (PNG images) from the image folder {tmp_path / 'tree'}"
   # The same holdout as every other source.
   train_idx, held_idx = sources.holdout_indices(20, holdout_size=5)
   np.testing.assert_array_equal(ds.train_images, expected["train"][0][train_idx])
-  np.testing.assert_array_equal(ds.eval_splits["validation"][1],
-                                expected["train"][1][held_idx])
+  np.testing.assert_array_equal(ds.eval_splits["validation"][1], expected["train"][1][held_idx])
   np.testing.assert_array_equal(ds.eval_splits["test"][0], expected["test"][0])
   # JPEG files are a lossy re-encoding, and the description says so.
   _cifar_tree(tmp_path / "jpeg", image_format="jpg")
   archive = data_fakes.write_tar_gz(tmp_path / "jpeg", tmp_path / "c.tar.gz")
-  ds = data.load_dataset("cifar10", source="folder", data_dir=str(archive),
-                         holdout="none", cache_dir=str(tmp_path / "cache"))
+  ds = data.load_dataset(
+    "cifar10",
+    source="folder",
+    data_dir=str(archive),
+    holdout="none",
+    cache_dir=str(tmp_path / "cache"),
+  )
   assert ds.description == f"CIFAR-10 (JPEG re-encoding) from the image folder {archive}"
 
 
@@ -347,8 +350,7 @@ def test_folder_cache_round_trip_and_invalidation(tmp_path, monkeypatch, caplog)
   _cifar_tree(tmp_path / "tree")
   archive = data_fakes.write_tar_gz(tmp_path / "tree", tmp_path / "c.tar.gz")
   monkeypatch.setenv(sources.CACHE_DIR_ENV_VAR, str(tmp_path / "cache"))
-  first = data.load_dataset("cifar10", source="folder", data_dir=str(archive),
-                            holdout="none")
+  first = data.load_dataset("cifar10", source="folder", data_dir=str(archive), holdout="none")
   assert len(list((tmp_path / "cache" / "image_folders").glob("*.npz"))) == 1
 
   def no_decoding(*args, **kwargs):
@@ -356,8 +358,7 @@ def test_folder_cache_round_trip_and_invalidation(tmp_path, monkeypatch, caplog)
 
   with monkeypatch.context() as m:
     m.setattr(readers, "read_image_folder", no_decoding)
-    cached = data.load_dataset("cifar10", source="folder", data_dir=str(archive),
-                               holdout="none")
+    cached = data.load_dataset("cifar10", source="folder", data_dir=str(archive), holdout="none")
   assert "read from the cache" in caplog.text
   assert cached.description == first.description
   np.testing.assert_array_equal(cached.train_images, first.train_images)
@@ -365,8 +366,7 @@ def test_folder_cache_round_trip_and_invalidation(tmp_path, monkeypatch, caplog)
   # A changed archive (size or mtime) is decoded again, not served stale.
   new = _cifar_tree(tmp_path / "tree", seed=1)
   data_fakes.write_tar_gz(tmp_path / "tree", archive)
-  changed = data.load_dataset("cifar10", source="folder", data_dir=str(archive),
-                              holdout="none")
+  changed = data.load_dataset("cifar10", source="folder", data_dir=str(archive), holdout="none")
   np.testing.assert_array_equal(changed.train_images, new["train"][0])
 
 
@@ -375,7 +375,8 @@ def test_folder_found_under_the_env_var_by_auto(tmp_path, monkeypatch, caplog):
   _cifar_tree(tmp_path / "tree", image_format="jpg")
   (tmp_path / "root" / "cifar10-jpeg").mkdir(parents=True)
   archive = data_fakes.write_tar_gz(
-      tmp_path / "tree", tmp_path / "root" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz")
+    tmp_path / "tree", tmp_path / "root" / "cifar10-jpeg" / "cifar10-jpeg.tar.gz"
+  )
   monkeypatch.setenv(data.DATA_DIR_ENV_VAR, str(tmp_path / "root"))
   monkeypatch.setenv(sources.CACHE_DIR_ENV_VAR, str(tmp_path / "cache"))
   ds = data.load_dataset("cifar10", holdout="none")
@@ -390,23 +391,27 @@ def test_folder_source_errors_name_the_path(tmp_path):
   with pytest.raises(ValueError, match=f"data_dir='{tmp_path}'.*train/<class>/"):
     data.load_dataset("cifar10", source="folder", data_dir=str(tmp_path))
   data_fakes.write_image_tree(tmp_path / "three", classes=("a", "b", "c"))
-  with pytest.raises(ValueError,
-                     match=r"has the classes \['a', 'b', 'c'\]; expected \['airplane'"):
-    data.load_dataset("cifar10", source="folder", data_dir=str(tmp_path / "three"),
-                      cache_dir=str(tmp_path / "cache"))
-  data_fakes.write_image_tree(tmp_path / "grey", classes=("0", "1", "2"),
-                              shape=(28, 28, 1))
+  with pytest.raises(ValueError, match=r"has the classes \['a', 'b', 'c'\]; expected \['airplane'"):
+    data.load_dataset(
+      "cifar10",
+      source="folder",
+      data_dir=str(tmp_path / "three"),
+      cache_dir=str(tmp_path / "cache"),
+    )
+  data_fakes.write_image_tree(tmp_path / "grey", classes=("0", "1", "2"), shape=(28, 28, 1))
   with pytest.raises(ValueError, match=f"{tmp_path / 'grey'} has 3 classes"):
-    data.load_dataset("mnist", source="folder", data_dir=str(tmp_path / "grey"),
-                      cache_dir=str(tmp_path / "cache"))
+    data.load_dataset(
+      "mnist", source="folder", data_dir=str(tmp_path / "grey"), cache_dir=str(tmp_path / "cache")
+    )
 
 
 @pytest.mark.slow
 def test_shared_cifar10_jpeg_archive(tmp_path, caplog):
   caplog.set_level(logging.INFO)
   archive = reference.shared_dataset("cifar10-jpeg", "cifar10-jpeg.tar.gz")
-  ds = data.load_dataset("cifar10", source="folder", data_dir=str(archive),
-                         holdout="none", cache_dir=str(tmp_path))
+  ds = data.load_dataset(
+    "cifar10", source="folder", data_dir=str(archive), holdout="none", cache_dir=str(tmp_path)
+  )
   assert ds.description.startswith("CIFAR-10 (JPEG re-encoding) from ")
   assert ds.train_images.shape == (50000, 32, 32, 3)
   assert ds.eval_splits["test"][0].shape == (10000, 32, 32, 3)
@@ -415,8 +420,9 @@ def test_shared_cifar10_jpeg_archive(tmp_path, caplog):
   # Real CIFAR-10 pixels, in RGB order: the known channel means.
   means = ds.train_images.reshape(-1, 3).mean(axis=0) / 255.0
   np.testing.assert_allclose(means, CIFAR10_CHANNEL_MEANS, atol=0.005)
-  again = data.load_dataset("cifar10", source="folder", data_dir=str(archive),
-                            holdout="none", cache_dir=str(tmp_path))
+  again = data.load_dataset(
+    "cifar10", source="folder", data_dir=str(archive), holdout="none", cache_dir=str(tmp_path)
+  )
   assert "read from the cache" in caplog.text
   np.testing.assert_array_equal(again.train_images, ds.train_images)
   np.testing.assert_array_equal(again.eval_splits["test"][1], ds.eval_splits["test"][1])

@@ -19,22 +19,22 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 from scipy import stats
 
 import random_bases as rb
 from random_bases.method import directions as dirs
 from random_bases.method import projection
 
-import reference
 
-
-
-def hash_rows(seed, *, step=0, worker=0, compartment=0, rows=8, n=20_000,
-              distribution="normal"):
+def hash_rows(seed, *, step=0, worker=0, compartment=0, rows=8, n=20_000, distribution="normal"):
   key = dirs.compartment_key(seed, step=step, worker=worker, compartment=compartment)
-  return np.asarray(dirs.sample_rows(dirs.row_keys(key, jnp.arange(rows)), n,
-                                     distribution=distribution, generator="hash"),
-                    np.float64)
+  return np.asarray(
+    dirs.sample_rows(
+      dirs.row_keys(key, jnp.arange(rows)), n, distribution=distribution, generator="hash"
+    ),
+    np.float64,
+  )
 
 
 def max_abs_offdiagonal_correlation(rows):
@@ -51,11 +51,13 @@ def test_hash_is_the_default_and_threefry_is_selectable():
   fast = dirs.materialize_directions(key, jnp.arange(2), 100)
   reference = dirs.materialize_directions(key, jnp.arange(2), 100, generator="threefry")
   np.testing.assert_array_equal(
-      fast, dirs.materialize_directions(key, jnp.arange(2), 100, generator="hash"))
+    fast, dirs.materialize_directions(key, jnp.arange(2), 100, generator="hash")
+  )
   assert not np.allclose(fast, reference)
 
 
 # --- the float32 polynomials ---------------------------------------------------
+
 
 def test_minus_two_log_matches_float64_on_every_24_bit_input():
   # u = (k + 1) 2^-24 for every k the generator can produce.
@@ -86,6 +88,7 @@ def test_unit_circle_matches_float64_and_covers_the_circle():
 
 
 # --- the normal distribution --------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def normals():
@@ -122,7 +125,7 @@ def test_box_muller_partners_are_independent(normals):
   # Columns i and half + i come from the same pair (u, v); independent
   # normals have uncorrelated values and uncorrelated squares.
   half = (normals.shape[1] + 1) // 2
-  x, y = normals[:, :half - 1].ravel(), normals[:, half:].ravel()
+  x, y = normals[:, : half - 1].ravel(), normals[:, half:].ravel()
   bound = 5 / np.sqrt(x.size)
   assert abs(np.corrcoef(x, y)[0, 1]) < bound
   assert abs(np.corrcoef(x**2, y**2)[0, 1]) < bound
@@ -136,6 +139,7 @@ def test_neighbouring_columns_are_uncorrelated(normals):
 
 
 # --- independence across keys --------------------------------------------------
+
 
 @pytest.mark.parametrize("distribution", dirs.DISTRIBUTIONS)
 def test_rows_steps_workers_compartments_and_seeds_are_uncorrelated(distribution):
@@ -155,13 +159,21 @@ def test_hash_streams_of_related_key_words_are_unrelated():
   # Row keys that share a word, or differ in one bit, still give unrelated
   # streams (the fold_in keys are random, but the hash should not rely on it).
   base = np.array([0x12345678, 0x9ABCDEF0], np.uint32)
-  words = [base, base ^ [0, 1], base ^ [1, 0], base ^ [0, 1 << 31],
-           base ^ [1 << 31, 0], base + [0, 2], base + [2, 0], np.zeros(2, np.uint32),
-           np.array([0, 1], np.uint32), np.array([1, 0], np.uint32)]
+  words = [
+    base,
+    base ^ [0, 1],
+    base ^ [1, 0],
+    base ^ [0, 1 << 31],
+    base ^ [1 << 31, 0],
+    base + [0, 2],
+    base + [2, 0],
+    np.zeros(2, np.uint32),
+    np.array([0, 1], np.uint32),
+    np.array([1, 0], np.uint32),
+  ]
   assert len({w.tobytes() for w in words}) == len(words)
   n = 50_000
-  bits = np.asarray(dirs.hash_bits(jnp.asarray(np.stack(words)),
-                                   jnp.arange(n, dtype=jnp.uint32)))
+  bits = np.asarray(dirs.hash_bits(jnp.asarray(np.stack(words)), jnp.arange(n, dtype=jnp.uint32)))
   assert max_abs_offdiagonal_correlation(bits.astype(np.float64)) < 5 / np.sqrt(n)
   # No two streams share values beyond chance (a shifted copy would).
   for i in range(len(words)):
@@ -180,7 +192,7 @@ def test_every_output_bit_is_fair():
 def test_uniform_and_bernoulli_distributions():
   u = hash_rows(5, rows=8, n=125_000, distribution="uniform").ravel()
   assert stats.kstest(u, stats.uniform(-1, 2).cdf).pvalue > 1e-3
-  assert -1 < u.min() and u.max() <= 1
+  assert u.min() > -1 and u.max() <= 1
   b = hash_rows(5, rows=8, n=125_000, distribution="bernoulli").ravel()
   assert set(np.unique(b)) == {-1.0, 1.0}
   assert abs(np.mean(b)) < 5 / np.sqrt(b.size)
@@ -190,6 +202,7 @@ def test_uniform_and_bernoulli_distributions():
 
 # --- determinism -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("n", [1, 2, 7, 301])
 def test_hash_normal_bits_do_not_depend_on_block_size_or_jit(n):
   key = dirs.compartment_key(9, step=2, worker=1, compartment=3)
@@ -197,8 +210,9 @@ def test_hash_normal_bits_do_not_depend_on_block_size_or_jit(n):
   jitted = jax.jit(lambda k: dirs.materialize_directions(k, jnp.arange(7), n))(key)
   np.testing.assert_array_equal(np.asarray(jitted), whole)
   for rows in (1, 2, 7):
-    basis = projection.Basis(key, n=n, dim=7, distribution="normal", normalize="norm",
-                             generator="hash", block_rows=rows)
+    basis = projection.Basis(
+      key, n=n, dim=7, distribution="normal", normalize="norm", generator="hash", block_rows=rows
+    )
     block = jax.jit(basis.block)
     got = []
     for b in range(basis.num_blocks):
@@ -217,23 +231,36 @@ def test_hash_bits_are_the_same_in_any_surrounding_program(distribution):
   dim = 9
   for n in (1, 2, 3, 7, 300, 301):
     key = dirs.compartment_key(n, step=1, worker=0, compartment=2)
-    want = np.asarray(dirs.sample_rows(dirs.row_keys(key, jnp.arange(dim)), n,
-                                       distribution=distribution))
+    want = np.asarray(
+      dirs.sample_rows(dirs.row_keys(key, jnp.arange(dim)), n, distribution=distribution)
+    )
     for rows in (1, 4, dim):
-      basis = projection.Basis(key, n=n, dim=dim, distribution=distribution,
-                               normalize="norm", generator="hash", block_rows=rows)
-      column = jax.jit(lambda j, basis=basis: projection.project(
-          basis, lambda raw, scale: jax.lax.dynamic_index_in_dim(raw, j, 1, False)))
+      basis = projection.Basis(
+        key,
+        n=n,
+        dim=dim,
+        distribution=distribution,
+        normalize="norm",
+        generator="hash",
+        block_rows=rows,
+      )
+      column = jax.jit(
+        lambda j, basis=basis: projection.project(
+          basis, lambda raw, scale: jax.lax.dynamic_index_in_dim(raw, j, 1, False)
+        )
+      )
       got = np.stack([np.asarray(column(j)) for j in sorted({0, n // 2, n - 1})], 1)
-      np.testing.assert_array_equal(got, want[:, sorted({0, n // 2, n - 1})],
-                                    err_msg=f"n={n} block_rows={rows}")
+      np.testing.assert_array_equal(
+        got, want[:, sorted({0, n // 2, n - 1})], err_msg=f"n={n} block_rows={rows}"
+      )
 
 
 def test_default_generator_gives_fixed_checksum_in_fresh_process():
   # Golden values recorded when the hash generator became the default
   # (jax 0.10.2, CPU). A change means the default directions changed.
-  np.testing.assert_allclose(reference.update_checksum_in_fresh_process(),
-                             HASH_GOLDEN_CHECKSUM, rtol=1e-5)
+  np.testing.assert_allclose(
+    reference.update_checksum_in_fresh_process(), HASH_GOLDEN_CHECKSUM, rtol=1e-5
+  )
 
 
 HASH_GOLDEN_CHECKSUM = [-5816.4853515625, 7.780766010284424]
@@ -262,8 +289,9 @@ def test_training_with_hash_matches_threefry_on_mnist():
 
     def step(t, carry):
       params, state = carry
-      batch = jax.random.randint(jax.random.fold_in(jax.random.key(1), t), (32,),
-                                 0, x_train.shape[0])
+      batch = jax.random.randint(
+        jax.random.fold_in(jax.random.key(1), t), (32,), 0, x_train.shape[0]
+      )
       grads = jax.grad(loss)(params, x_train[batch], y_train[batch])
       updates, state = tx.update(grads, state, params)
       return optax.apply_updates(params, updates), state
@@ -272,13 +300,17 @@ def test_training_with_hash_matches_threefry_on_mnist():
     logits = model.apply({"params": params}, x_test, train=False)
     return jnp.mean(logits.argmax(-1) == y_test)
 
-  accuracy = {generator: np.array([float(test_accuracy(jax.random.key(s), generator))
-                                   for s in EQUIVALENCE_SEEDS])
-              for generator in ("threefry", "hash")}
+  accuracy = {
+    generator: np.array(
+      [float(test_accuracy(jax.random.key(s), generator)) for s in EQUIVALENCE_SEEDS]
+    )
+    for generator in ("threefry", "hash")
+  }
   for generator, acc in accuracy.items():
     assert acc.min() > 0.6, (generator, acc)  # both learn (chance is 0.1)
   k = len(EQUIVALENCE_SEEDS)
-  standard_error = np.sqrt(sum(max(np.var(a, ddof=1), MIN_RUN_SD**2) / k
-                               for a in accuracy.values()))
+  standard_error = np.sqrt(
+    sum(max(np.var(a, ddof=1), MIN_RUN_SD**2) / k for a in accuracy.values())
+  )
   difference = accuracy["hash"].mean() - accuracy["threefry"].mean()
   assert abs(difference) < 3 * standard_error, (accuracy, difference, standard_error)

@@ -5,10 +5,9 @@ Needs ../shared/datasets/mnist (present in CI); a missing data set fails.
 
 import jax
 import optax
+import reference
 
 import random_bases as rb
-
-import reference
 
 STEPS, D_DIRECTIONS, LEARNING_RATE = 300, 50, 16.0
 # Stated margins, in nats of test cross-entropy (measured when written:
@@ -18,14 +17,14 @@ MIN_DROP, MIN_GAP_TO_FPD = 0.7, 0.3
 
 
 def test_rbd_learns_mnist_and_beats_fpd():
-  x_train, y_train, x_test, y_test, _, params0, loss = reference.mnist_fc_problem(
-      num_test=2_000)
+  x_train, y_train, x_test, y_test, _, params0, loss = reference.mnist_fc_problem(num_test=2_000)
 
   def train(tx):
     @jax.jit
     def step(params, state, t):
-      batch = jax.random.randint(jax.random.fold_in(jax.random.key(1), t), (32,),
-                                 0, x_train.shape[0])
+      batch = jax.random.randint(
+        jax.random.fold_in(jax.random.key(1), t), (32,), 0, x_train.shape[0]
+      )
       grads = jax.grad(loss)(params, x_train[batch], y_train[batch])
       updates, state = tx.update(grads, state, params)
       return optax.apply_updates(params, updates), state

@@ -4,10 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
 import random_bases as rb
-
-import reference
 
 
 def make_params():
@@ -19,21 +18,40 @@ def loss_fn(params):
 
 
 def perturbations(key, count, size):
-  return np.stack([np.asarray(jax.random.normal(jax.random.fold_in(key, n), (size,)),
-                              np.float64) for n in range(count)])
+  return np.stack(
+    [
+      np.asarray(jax.random.normal(jax.random.fold_in(key, n), (size,)), np.float64)
+      for n in range(count)
+    ]
+  )
 
 
 def loss_at(flat):
-  return float(loss_fn({"a": jnp.asarray(flat[:6], jnp.float32).reshape(2, 3),
-                        "b": jnp.asarray(flat[6:], jnp.float32)}))
+  return float(
+    loss_fn(
+      {
+        "a": jnp.asarray(flat[:6], jnp.float32).reshape(2, 3),
+        "b": jnp.asarray(flat[6:], jnp.float32),
+      }
+    )
+  )
 
 
 @pytest.mark.parametrize("fitness", rb.FITNESS)
 def test_matches_the_explicit_estimator(fitness):
   key, d, sigma = jax.random.key(3), 10, 0.05
-  got = reference.flat(rb.nes_gradient(loss_fn, make_params(), key=key, d=d,
-                                       sigma=sigma, fitness=fitness, block_rows=3,
-                                       generator="threefry"))
+  got = reference.flat(
+    rb.nes_gradient(
+      loss_fn,
+      make_params(),
+      key=key,
+      d=d,
+      sigma=sigma,
+      fitness=fitness,
+      block_rows=3,
+      generator="threefry",
+    )
+  )
   theta = reference.flat(make_params())
   phi = perturbations(key, d, theta.size)
   losses = np.array([loss_at(theta + sigma * p) for p in phi])
@@ -43,21 +61,23 @@ def test_matches_the_explicit_estimator(fitness):
     ranks = np.empty(d)
     ranks[np.argsort(-losses)] = np.arange(d)
     f = -(ranks / (d - 1) - 0.5)
-  np.testing.assert_allclose(got, (f[:, None] * phi).sum(0) / (sigma * d),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(got, (f[:, None] * phi).sum(0) / (sigma * d), rtol=1e-4, atol=1e-4)
 
 
 def test_antithetic_pairs_are_mirrored():
   key, d, sigma = jax.random.key(4), 8, 0.1
-  got = reference.flat(rb.nes_gradient(loss_fn, make_params(), key=key, d=d,
-                                       sigma=sigma, antithetic=True,
-                                       generator="threefry"))
+  got = reference.flat(
+    rb.nes_gradient(
+      loss_fn, make_params(), key=key, d=d, sigma=sigma, antithetic=True, generator="threefry"
+    )
+  )
   theta = reference.flat(make_params())
   half = perturbations(key, d // 2, theta.size)
   phi = np.concatenate([half, -half])  # +phi and its mirror -phi
   losses = np.array([loss_at(theta + sigma * p) for p in phi])
-  np.testing.assert_allclose(got, (losses[:, None] * phi).sum(0) / (sigma * d),
-                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(
+    got, (losses[:, None] * phi).sum(0) / (sigma * d), rtol=1e-4, atol=1e-4
+  )
 
 
 def test_centered_ranks_best_gets_plus_half():
@@ -67,20 +87,24 @@ def test_centered_ranks_best_gets_plus_half():
 
 def test_estimate_approaches_the_gradient():
   params = make_params()
-  est = reference.flat(rb.nes_gradient(loss_fn, params, key=jax.random.key(0),
-                                       d=4000, sigma=1e-3, antithetic=True))
+  est = reference.flat(
+    rb.nes_gradient(loss_fn, params, key=jax.random.key(0), d=4000, sigma=1e-3, antithetic=True)
+  )
   true = reference.flat(jax.grad(loss_fn)(params))
   cosine = est @ true / np.linalg.norm(est) / np.linalg.norm(true)
   assert cosine > 0.97
   np.testing.assert_allclose(np.linalg.norm(est), np.linalg.norm(true), rtol=0.1)
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(d=0), "d=0 must be a positive integer"),
     (dict(d=5, antithetic=True), "must be even"),
     (dict(d=4, sigma=0.0), "sigma"),
     (dict(d=4, fitness="softmax"), "fitness='softmax'.*'raw', 'centered_ranks'"),
-])
+  ],
+)
 def test_rejects_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     rb.nes_gradient(loss_fn, make_params(), key=jax.random.key(0), **kwargs)

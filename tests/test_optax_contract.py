@@ -9,25 +9,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import reference
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import random_bases as rb
 from random_bases.method import transform
-
-import reference
 
 SEED, D, d = 3, 17, 4
 
 
 def make_params():
   # Pytree (and flat-vector) order: b (5), w (3 x 4).
-  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4),
-          "b": jnp.linspace(0.5, -0.5, 5)}
+  return {"w": jnp.linspace(-1.0, 1.0, 12).reshape(3, 4), "b": jnp.linspace(0.5, -0.5, 5)}
 
 
 def make_grad(seed):
-  return jax.tree.map(lambda x: jax.random.normal(jax.random.key(seed), x.shape),
-                      make_params())
+  return jax.tree.map(lambda x: jax.random.normal(jax.random.key(seed), x.shape), make_params())
 
 
 def projected(g, step):
@@ -46,6 +44,7 @@ def assert_flat_close(update, want):
 
 # --- optax.tree.map_params ----------------------------------------------------
 
+
 @pytest.mark.parametrize("factory", [rb.rbd, rb.fpd])
 def test_map_params_over_the_state(factory):
   tx = factory(0.1, d, seed=SEED)
@@ -57,13 +56,17 @@ def test_map_params_over_the_state(factory):
   assert int(mapped[0].count) == 1
   # The documented use: the state's sharding from the parameters' specs.
   specs = {"w": P("x", None), "b": P()}
-  state_specs = optax.tree.map_params(tx, lambda _, spec: spec, state, specs,
-                                      transform_non_params=lambda _: P())
-  assert state_specs == (rb.ScaleByRandomBasesState(count=P(), param_signature=P()),
-                         optax.EmptyState())
+  state_specs = optax.tree.map_params(
+    tx, lambda _, spec: spec, state, specs, transform_non_params=lambda _: P()
+  )
+  assert state_specs == (
+    rb.ScaleByRandomBasesState(count=P(), param_signature=P()),
+    optax.EmptyState(),
+  )
   mesh = Mesh(np.array(jax.devices()[:1]), ("x",))
-  shardings = jax.tree.map(lambda spec: NamedSharding(mesh, spec), state_specs,
-                           is_leaf=lambda x: isinstance(x, P))
+  shardings = jax.tree.map(
+    lambda spec: NamedSharding(mesh, spec), state_specs, is_leaf=lambda x: isinstance(x, P)
+  )
   placed = jax.jit(tx.init, out_shardings=shardings)(params)
   assert int(placed[0].count) == 0
   assert placed[0].param_signature == state[0].param_signature
@@ -74,8 +77,9 @@ def test_map_params_through_a_chain_with_adam():
   params = make_params()
   state = tx.init(params)
   specs = {"w": P("x", None), "b": P()}
-  state_specs = optax.tree.map_params(tx, lambda _, spec: spec, state, specs,
-                                      transform_non_params=lambda _: None)
+  state_specs = optax.tree.map_params(
+    tx, lambda _, spec: spec, state, specs, transform_non_params=lambda _: None
+  )
   rbd_specs, (adam_specs, _) = state_specs
   assert rbd_specs == rb.ScaleByRandomBasesState(count=None, param_signature=None)
   assert adam_specs.mu == specs and adam_specs.nu == specs and adam_specs.count is None
@@ -86,17 +90,20 @@ def test_init_without_leaves_records_no_parameters():
   tx = rbd()
   state = tx.init({})
   assert state[0].param_signature == transform.NO_PARAMETERS
-  with pytest.raises(ValueError, match=r"updates has parameters \['b', 'w'\] but "
-                                       r"init was given a tree without any"):
+  with pytest.raises(
+    ValueError,
+    match=r"updates has parameters \['b', 'w'\] but "
+    r"init was given a tree without any",
+  ):
     tx.update(make_grad(0), state, make_params())
 
 
 # --- optax.inject_hyperparams -------------------------------------------------
 
+
 @pytest.mark.parametrize("factory", [rb.rbd, rb.fpd])
 def test_inject_hyperparams_gives_the_plain_update(factory):
-  injected = optax.inject_hyperparams(factory, static_args=("d",))(
-      learning_rate=0.01, d=2)
+  injected = optax.inject_hyperparams(factory, static_args=("d",))(learning_rate=0.01, d=2)
   plain = factory(0.01, 2)
   params = make_params()
   state, plain_state = injected.init(params), plain.init(params)
@@ -106,14 +113,14 @@ def test_inject_hyperparams_gives_the_plain_update(factory):
     g = make_grad(step)
     update, state = jax.jit(injected.update)(g, state, params)
     want, plain_state = plain.update(g, plain_state, params)
-    np.testing.assert_allclose(reference.flat(update), reference.flat(want),
-                               rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(reference.flat(update), reference.flat(want), rtol=1e-6, atol=1e-8)
 
 
 def test_injected_schedule_scales_each_update():
   schedule = optax.exponential_decay(0.5, transition_steps=1, decay_rate=0.5)
   tx = optax.inject_hyperparams(rb.rbd, static_args="d")(
-      learning_rate=schedule, d=d, seed=SEED, generator="threefry")
+    learning_rate=schedule, d=d, seed=SEED, generator="threefry"
+  )
   params = make_params()
   state = tx.init(params)
   g = make_grad(1)
@@ -125,7 +132,8 @@ def test_injected_schedule_scales_each_update():
 
 def test_injected_rate_can_be_set_in_the_state():
   tx = optax.inject_hyperparams(rb.rbd, static_args="d")(
-      learning_rate=0.1, d=d, seed=SEED, generator="threefry")
+    learning_rate=0.1, d=d, seed=SEED, generator="threefry"
+  )
   params = make_params()
   state = tx.init(params)
   state.hyperparams["learning_rate"] = jnp.asarray(2.0)
@@ -141,11 +149,14 @@ def test_inject_hyperparams_asks_for_static_structural_arguments():
 
 # --- wrappers and chains ------------------------------------------------------
 
+
 def test_chain_clips_the_projected_update():
   # Clipping after the projection: u = P P^T g, scaled to norm <= 0.05.
-  tx = optax.chain(rb.scale_by_random_bases(d, seed=SEED, generator="threefry"),
-                   optax.clip_by_global_norm(0.05),
-                   optax.scale_by_learning_rate(0.3))
+  tx = optax.chain(
+    rb.scale_by_random_bases(d, seed=SEED, generator="threefry"),
+    optax.clip_by_global_norm(0.05),
+    optax.scale_by_learning_rate(0.3),
+  )
   params = make_params()
   state = tx.init(params)
   for step in range(2):

@@ -57,6 +57,7 @@ def test_the_loop_detector_finds_a_scanned_convolution():
   def scanned(x, w):
     body = lambda c, _: (jax.lax.conv(c, w, (1, 1), "SAME"), None)
     return jax.lax.scan(body, x, None, length=3)[0]
+
   x, w = np.ones((1, 2, 8, 8), np.float32), np.ones((2, 2, 3, 3), np.float32)
   assert convolutions_in_loops(jax.jit(scanned).lower(x, w).compile().as_text()) == 1
 
@@ -66,7 +67,8 @@ def test_compiled_step_has_no_loop_around_the_model(method):
   trainer = small_trainer(method=method)
   state = trainer.initial_state()
   lowered = trainer.train_steps(0, 1).lower(
-      state, trainer.train_images, trainer.train_labels, trainer.epoch_order(0))
+    state, trainer.train_images, trainer.train_labels, trainer.epoch_order(0)
+  )
   hlo = lowered.compile().as_text()
   assert " convolution(" in hlo
   assert convolutions_in_loops(hlo) == 0
@@ -90,8 +92,7 @@ def test_evaluate_equals_a_plain_numpy_reference():
   images, labels = trainer.dataset.eval_splits["test"]
   images, labels = images[:300], labels[:300]
   x = preprocess.preprocess_eval_batch(images, dataset="mnist")
-  logits = np.asarray(trainer.model.apply({"params": state["params"]}, x, train=False),
-                      np.float64)
+  logits = np.asarray(trainer.model.apply({"params": state["params"]}, x, train=False), np.float64)
   log_probs = logits - logits.max(-1, keepdims=True)
   log_probs -= np.log(np.exp(log_probs).sum(-1, keepdims=True))
   expected_loss = -log_probs[np.arange(len(labels)), labels].mean()

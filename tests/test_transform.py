@@ -10,10 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference
 
 import random_bases as rb
-
-import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,18 +20,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def make_params():
   # Pytree order: dense/bias (3), dense/kernel (4x3), out/bias (2), out/kernel (3x2).
   return {
-      "dense": {"kernel": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3),
-                "bias": jnp.array([0.1, -0.2, 0.3])},
-      "out": {"kernel": jnp.linspace(0.5, -0.5, 6).reshape(3, 2),
-              "bias": jnp.array([0.05, 0.0])},
+    "dense": {
+      "kernel": jnp.linspace(-1.0, 1.0, 12).reshape(4, 3),
+      "bias": jnp.array([0.1, -0.2, 0.3]),
+    },
+    "out": {"kernel": jnp.linspace(0.5, -0.5, 6).reshape(3, 2), "bias": jnp.array([0.05, 0.0])},
   }
 
 
 def make_grad(seed=0):
   leaves, treedef = jax.tree.flatten(make_params())
   keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return treedef.unflatten([jax.random.normal(k, x.shape)
-                            for k, x in zip(keys, leaves)])
+  return treedef.unflatten([jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)])
 
 
 def loss_fn(params):
@@ -83,24 +82,29 @@ def assert_update_matches(update, want, rtol=2e-5, atol=2e-6):
 
 
 CASES = [
-    # (compartments, d, allocation, groups, dims)
-    (None, 5, "proportional", [PATHS], [5]),
-    (3, 6, "proportional", "slices:3", [2, 2, 2]),
-    ("leaf", 2, "fixed", [[p] for p in PATHS], [2, 2, 2, 2]),
-    ("module", 4, "fixed", [PATHS[:2], PATHS[2:]], [4, 4]),
-    ("leaf", 8, "proportional", [[p] for p in PATHS], [1, 4, 1, 2]),
-    ((r"bias", r".*"), (3, 5), "proportional",
-     [["dense/bias", "out/bias"], ["dense/kernel", "out/kernel"]], [3, 5]),
-    # max(ceil(n_k / 2), 10) capped at n_k = 3, 12, 2, 6.
-    ("leaf", 2.0, "compression", [[p] for p in PATHS], [3, 10, 2, 6]),
+  # (compartments, d, allocation, groups, dims)
+  (None, 5, "proportional", [PATHS], [5]),
+  (3, 6, "proportional", "slices:3", [2, 2, 2]),
+  ("leaf", 2, "fixed", [[p] for p in PATHS], [2, 2, 2, 2]),
+  ("module", 4, "fixed", [PATHS[:2], PATHS[2:]], [4, 4]),
+  ("leaf", 8, "proportional", [[p] for p in PATHS], [1, 4, 1, 2]),
+  (
+    (r"bias", r".*"),
+    (3, 5),
+    "proportional",
+    [["dense/bias", "out/bias"], ["dense/kernel", "out/kernel"]],
+    [3, 5],
+  ),
+  # max(ceil(n_k / 2), 10) capped at n_k = 3, 12, 2, 6.
+  ("leaf", 2.0, "compression", [[p] for p in PATHS], [3, 10, 2, 6]),
 ]
 
 
 @pytest.mark.parametrize("compartments,d,allocation,groups,dims", CASES)
 def test_update_equals_dense_projection(compartments, d, allocation, groups, dims):
-  tx = rb.scale_by_random_bases(d, seed=4, compartments=compartments,
-                                allocation=allocation, block_rows=3,
-                                generator="threefry")
+  tx = rb.scale_by_random_bases(
+    d, seed=4, compartments=compartments, allocation=allocation, block_rows=3, generator="threefry"
+  )
   g = make_grad()
   state = tx.init(make_params())
   update, state = tx.update(g, state)
@@ -113,12 +117,14 @@ def test_update_equals_dense_projection(compartments, d, allocation, groups, dim
 @pytest.mark.parametrize("distribution", rb.DISTRIBUTIONS)
 @pytest.mark.parametrize("normalize", ["norm", "expected"])
 def test_distributions_and_scalings_match_dense(distribution, normalize):
-  tx = rb.scale_by_random_bases(6, seed=1, distribution=distribution,
-                                normalize=normalize, generator="threefry")
+  tx = rb.scale_by_random_bases(
+    6, seed=1, distribution=distribution, normalize=normalize, generator="threefry"
+  )
   g = make_grad(1)
   update, _ = tx.update(g, tx.init(g))
-  assert_update_matches(update, expected_update(
-      g, [PATHS], [6], seed=1, distribution=distribution, normalize=normalize))
+  assert_update_matches(
+    update, expected_update(g, [PATHS], [6], seed=1, distribution=distribution, normalize=normalize)
+  )
 
 
 def test_unnormalised_update_is_divided_by_d():
@@ -140,8 +146,7 @@ def test_update_is_linear_in_the_gradient():
 
 def updates_of_random_gradients(tx, state, count, seed=0):
   keys = jax.random.split(jax.random.key(seed), count)
-  grads = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), make_grad())
-           for k in keys]
+  grads = [jax.tree.map(lambda x, k=k: jax.random.normal(k, x.shape), make_grad()) for k in keys]
   update = jax.jit(tx.update)
   return np.stack([reference.flat(update(g, state)[0]) for g in grads])
 
@@ -153,8 +158,10 @@ def rank(matrix):
 
 def test_subspace_rank_redraw_and_fixed():
   d = 4
-  for transform, union_rank in ((rb.scale_by_random_bases(d, seed=0), 2 * d),
-                                (rb.scale_by_random_bases(d, seed=0, redraw=False), d)):
+  for transform, union_rank in (
+    (rb.scale_by_random_bases(d, seed=0), 2 * d),
+    (rb.scale_by_random_bases(d, seed=0, redraw=False), d),
+  ):
     state0 = transform.init(make_params())
     _, state1 = transform.update(make_grad(), state0)
     step0 = updates_of_random_gradients(transform, state0, 12)
@@ -184,13 +191,11 @@ def test_expected_update_is_proportional_to_gradient():
 @pytest.mark.parametrize("compartments", [None, 2, "module"])
 def test_forward_mode_equals_reverse_mode(compartments):
   params = make_params()
-  tx = rb.scale_by_random_bases(5, seed=3, compartments=compartments,
-                                allocation="fixed")
+  tx = rb.scale_by_random_bases(5, seed=3, compartments=compartments, allocation="fixed")
   state = tx.init(params)
   reverse, _ = tx.update(jax.grad(loss_fn)(params), state, params)
   forward, _ = tx.update(None, state, params, value_fn=loss_fn)
-  np.testing.assert_allclose(reference.flat(forward), reference.flat(reverse),
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(reference.flat(forward), reference.flat(reverse), rtol=1e-5, atol=1e-6)
 
 
 def test_jit_equals_eager_and_block_size_is_only_a_schedule():
@@ -207,8 +212,9 @@ def test_jit_equals_eager_and_block_size_is_only_a_schedule():
 
 def test_fixed_seed_gives_fixed_checksum_in_fresh_process():
   # Golden values recorded when this test was written (jax 0.10.2, CPU).
-  np.testing.assert_allclose(reference.update_checksum_in_fresh_process("threefry"),
-                             GOLDEN_CHECKSUM, rtol=1e-5)
+  np.testing.assert_allclose(
+    reference.update_checksum_in_fresh_process("threefry"), GOLDEN_CHECKSUM, rtol=1e-5
+  )
 
 
 GOLDEN_CHECKSUM = [-5444.53955078125, 4.7313714027404785]
@@ -217,8 +223,9 @@ GOLDEN_CHECKSUM = [-5444.53955078125, 4.7313714027404785]
 def test_composes_with_clipping_and_schedules():
   g = make_grad(5)
   schedule = optax.exponential_decay(0.5, transition_steps=1, decay_rate=0.5)
-  tx = optax.chain(optax.clip_by_global_norm(0.1),
-                   rb.rbd(schedule, 4, seed=7, generator="threefry"))
+  tx = optax.chain(
+    optax.clip_by_global_norm(0.1), rb.rbd(schedule, 4, seed=7, generator="threefry")
+  )
   state = tx.init(make_params())
   clipped = jax.tree.map(lambda x: x * 0.1 / optax.tree.norm(g), g)
   for step, lr in enumerate((0.5, 0.25)):
@@ -229,8 +236,7 @@ def test_composes_with_clipping_and_schedules():
 
 def test_adam_on_top_sees_the_projected_gradient():
   g = make_grad(6)
-  tx = optax.chain(rb.scale_by_random_bases(4, seed=8, generator="threefry"),
-                   optax.adam(1e-2))
+  tx = optax.chain(rb.scale_by_random_bases(4, seed=8, generator="threefry"), optax.adam(1e-2))
   adam = optax.adam(1e-2)
   state, adam_state = tx.init(g), adam.init(g)
   for step in range(3):
@@ -241,17 +247,15 @@ def test_adam_on_top_sees_the_projected_gradient():
       a, b = path.split("/")
       projected_tree[a][b] = jnp.asarray(projected[path], jnp.float32).reshape(g[a][b].shape)
     want, adam_state = adam.update(projected_tree, adam_state)
-    np.testing.assert_allclose(reference.flat(update), reference.flat(want),
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(reference.flat(update), reference.flat(want), rtol=1e-4, atol=1e-6)
 
 
 def test_partitioned_with_multi_transform():
   g = make_grad(7)
-  labels = {"dense": {"kernel": "rbd", "bias": "rbd"},
-            "out": {"kernel": "sgd", "bias": "sgd"}}
-  tx = optax.multi_transform({"rbd": rb.rbd(1.0, 3, seed=2, generator="threefry"),
-                              "sgd": optax.sgd(1.0)},
-                             labels)
+  labels = {"dense": {"kernel": "rbd", "bias": "rbd"}, "out": {"kernel": "sgd", "bias": "sgd"}}
+  tx = optax.multi_transform(
+    {"rbd": rb.rbd(1.0, 3, seed=2, generator="threefry"), "sgd": optax.sgd(1.0)}, labels
+  )
   update, _ = tx.update(g, tx.init(make_params()), make_params())
   # rbd saw only the dense leaves: a 15-dimensional basis over them.
   want = expected_update(g, [["dense/bias", "dense/kernel"]], [3], seed=2)
@@ -263,8 +267,7 @@ def test_partitioned_with_multi_transform():
 
 def test_bfloat16_leaves():
   params = {"a": jnp.ones((50,), jnp.bfloat16), "b": jnp.ones((30,), jnp.float32)}
-  g = {"a": jnp.linspace(-1, 1, 50).astype(jnp.bfloat16),
-       "b": jnp.linspace(1, 2, 30)}
+  g = {"a": jnp.linspace(-1, 1, 50).astype(jnp.bfloat16), "b": jnp.linspace(1, 2, 30)}
   tx = rb.rbd(0.1, 8, seed=0, generator="threefry")
   update, _ = jax.jit(tx.update)(g, tx.init(params), params)
   assert update["a"].dtype == jnp.bfloat16 and update["b"].dtype == jnp.float32
@@ -297,11 +300,12 @@ def test_workers_exchange_coordinates_and_apply_the_same_update():
   tx = rb.scale_by_random_bases(d, seed=6, axis_name="workers", generator="threefry")
   state = tx.init(make_params())
   updates, _ = jax.vmap(lambda g: tx.update(g, state), axis_name="workers")(stacked)
-  want = sum(np.concatenate([expected_update(grads[w], [PATHS], [d], seed=6,
-                                             worker=w)[p] for p in PATHS])
-             for w in range(K))
+  want = sum(
+    np.concatenate([expected_update(grads[w], [PATHS], [d], seed=6, worker=w)[p] for p in PATHS])
+    for w in range(K)
+  )
   for w in range(K):
-    got = np.concatenate([leaf(jax.tree.map(lambda x: x[w], updates), p) for p in PATHS])
+    got = np.concatenate([leaf(jax.tree.map(lambda x: x[w], updates), p) for p in PATHS])  # noqa: B023  (mapped at once)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-6)
 
 
@@ -345,14 +349,16 @@ def test_one_and_eight_devices_give_the_same_trajectory():
       np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
       print("max difference", np.abs(a - b).max())
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-             JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT)
 
 
 # --- errors, raised by the factory or by init (before any jit) ---------------
 
-@pytest.mark.parametrize("kwargs,match", [
+
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(d=0), r"d=0 must be a positive integer"),
     (dict(d=-3), r"d=-3 must be a positive integer"),
     (dict(d=2.5), r"d=2.5 must be a positive integer"),
@@ -367,25 +373,34 @@ def test_one_and_eight_devices_give_the_same_trajectory():
     (dict(d=0, allocation="compression"), r"compression factor"),
     (dict(d=4, block_rows=0), r"block_rows=0"),
     (dict(d=4, seed="abc"), r"seed"),
-])
+  ],
+)
 def test_factory_rejects_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     rb.scale_by_random_bases(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs,match", [
+@pytest.mark.parametrize(
+  "kwargs,match",
+  [
     (dict(d=4, compartments=["kernel"]), r"'dense/bias' is covered by no rule"),
     (dict(d=4, compartments=["kernel", "bias", "gamma"]), r"rule 'gamma' covers no parameter"),
     (dict(d=3, compartments="leaf"), r"gets d_k=0 directions"),
     (dict(d=[1, 2, 3], compartments="module"), r"d has 3 entries but there are 2"),
     (dict(d=4, compartments=100), r"more than the 23 parameters"),
     # 24 unit directions in R^23 would scale the update up by about 24/23.
-    (dict(d=24), r"compartment 'all' \(23 parameters\) gets d_k=24 directions; "
-                 r"every compartment needs d_k <= n_k"),
-    (dict(d=3, compartments="leaf", allocation="fixed"),
-     r"compartment 'out/bias' \(2 parameters\) gets d_k=3"),
+    (
+      dict(d=24),
+      r"compartment 'all' \(23 parameters\) gets d_k=24 directions; "
+      r"every compartment needs d_k <= n_k",
+    ),
+    (
+      dict(d=3, compartments="leaf", allocation="fixed"),
+      r"compartment 'out/bias' \(2 parameters\) gets d_k=3",
+    ),
     (dict(d=[2, 9], compartments="module"), r"compartment 'out' \(8 parameters\) gets d_k=9"),
-])
+  ],
+)
 def test_init_rejects_compartments_that_do_not_fit(kwargs, match):
   tx = rb.scale_by_random_bases(**kwargs)
   with pytest.raises(ValueError, match=match):
@@ -414,13 +429,19 @@ def test_more_directions_than_parameters_was_an_update_longer_than_the_gradient(
     tx.init({"w": jnp.asarray(g, jnp.float32)})
 
 
-@pytest.mark.parametrize("received,match", [
-    ({"v": jnp.ones(20)}, r"updates does not match the parameters given to init: "
-                          r"missing 'w' \(20,\); unexpected 'v' \(20,\)"),
+@pytest.mark.parametrize(
+  "received,match",
+  [
+    (
+      {"v": jnp.ones(20)},
+      r"updates does not match the parameters given to init: "
+      r"missing 'w' \(20,\); unexpected 'v' \(20,\)",
+    ),
     ({"w": jnp.ones(21)}, r"'w' has shape \(21,\), expected \(20,\)"),
     ({"w": jnp.ones((4, 5))}, r"'w' has shape \(4, 5\), expected \(20,\)"),
     ({"w": jnp.ones(20), "b": jnp.ones(3)}, r"given to init: unexpected 'b' \(3,\)"),
-])
+  ],
+)
 def test_update_rejects_a_gradient_unlike_the_params_of_init(received, match):
   tx = rb.rbd(0.1, 2, seed=0)
   state = tx.init({"w": jnp.ones(20)})
@@ -433,8 +454,11 @@ def test_update_rejects_a_gradient_unlike_the_params_of_init(received, match):
 def test_update_rejects_another_container_with_the_same_paths():
   tx = rb.scale_by_random_bases(2)
   state = tx.init((jnp.ones(20),))
-  with pytest.raises(ValueError, match=r"structure PyTreeDef\(\[\*\]\), "
-                                       r"expected PyTreeDef\(\(\*,\)\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"structure PyTreeDef\(\[\*\]\), "
+    r"expected PyTreeDef\(\(\*,\)\)",
+  ):
     tx.update([jnp.ones(20)], state)
 
 

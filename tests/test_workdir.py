@@ -17,11 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
+from test_train import tiny_config
 
 from random_bases import config_lib, train
 from random_bases import data as data_lib
 from random_bases import workdir as workdir_lib
-from test_train import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,8 @@ def read_events(path: pathlib.Path):
   """The Event protos of one TFRecord event file (length, crc, data, crc)."""
   data, events, at = path.read_bytes(), [], 0
   while at < len(data):
-    (length,) = struct.unpack("<Q", data[at:at + 8])
-    events.append(event_pb2.Event.FromString(data[at + 12:at + 12 + length]))
+    (length,) = struct.unpack("<Q", data[at : at + 8])
+    events.append(event_pb2.Event.FromString(data[at + 12 : at + 12 + length]))
     at += 12 + length + 4
   return events
 
@@ -47,23 +47,35 @@ def tensorboard_view(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]
   for path in sorted(logdir.glob("events.out.tfevents.*")):
     for event in read_events(path):
       if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
-        scalars = {tag: [(s, v) for s, v in points if s < event.step]
-                   for tag, points in scalars.items()}
+        scalars = {
+          tag: [(s, v) for s, v in points if s < event.step] for tag, points in scalars.items()
+        }
       for value in event.summary.value:
         scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
 
 
 def snapshot(directory: pathlib.Path) -> dict[str, bytes]:
-  return {str(p.relative_to(directory)): p.read_bytes()
-          for p in sorted(directory.rglob("*")) if p.is_file()}
+  return {
+    str(p.relative_to(directory)): p.read_bytes()
+    for p in sorted(directory.rglob("*"))
+    if p.is_file()
+  }
 
 
 def write_run(workdir: pathlib.Path, config, epochs=(1, 2)) -> workdir_lib.Workdir:
   """A workdir as a run of ``config`` leaves it (record and metrics lines)."""
   run = workdir_lib.Workdir(str(workdir))
-  run.write_record(config, {"dataset": "mnist", "sample": True, "images": {"train": 1600},
-                            "fingerprint": "f00", "source": "sample"})
+  run.write_record(
+    config,
+    {
+      "dataset": "mnist",
+      "sample": True,
+      "images": {"train": 1600},
+      "fingerprint": "f00",
+      "source": "sample",
+    },
+  )
   for epoch in epochs:
     run.append_metrics({"epoch": epoch, "train_loss": 1.0 / epoch})
   return run
@@ -76,8 +88,7 @@ def test_a_different_config_is_refused_with_the_fields_that_differ(tmp_path):
   run = write_run(tmp_path, tiny_config(**{"train.epochs": 2}))
   before = snapshot(tmp_path)
   with pytest.raises(workdir_lib.WorkdirMismatch) as e:
-    run.check_config(tiny_config(**{"bases.d": 10, "train.epochs": 3,
-                                    "learning_rate.rbd": 2.0}))
+    run.check_config(tiny_config(**{"bases.d": 10, "train.epochs": 3, "learning_rate.rbd": 2.0}))
   message = str(e.value)
   assert "  bases.d: 50 -> 10\n  learning_rate.rbd: 16.0 -> 2.0\n" in message
   assert "train.epochs" not in message.split("Fields that may change")[0]
@@ -120,13 +131,19 @@ def test_outputs_without_a_record_are_refused(tmp_path):
 
 def test_other_data_is_refused_but_another_location_is_not(tmp_path):
   run = write_run(tmp_path, tiny_config())
-  same = {"dataset": "mnist", "sample": True, "images": {"train": 1600},
-          "fingerprint": "f00", "source": "files:/moved"}
+  same = {
+    "dataset": "mnist",
+    "sample": True,
+    "images": {"train": 1600},
+    "fingerprint": "f00",
+    "source": "files:/moved",
+  }
   run.check_data(same)
   with pytest.raises(workdir_lib.WorkdirMismatch) as e:
     run.check_data(dict(same, sample=False, images={"train": 50_000}, fingerprint="abc"))
-  assert ("  fingerprint: 'f00' -> 'abc'\n  images.train: 1600 -> 50000\n"
-          "  sample: True -> False\n") in str(e.value)
+  assert (
+    "  fingerprint: 'f00' -> 'abc'\n  images.train: 1600 -> 50000\n  sample: True -> False\n"
+  ) in str(e.value)
 
 
 def test_data_identity_tells_datasets_apart():
@@ -142,22 +159,29 @@ def test_data_identity_tells_datasets_apart():
 
 
 def test_strict_json_writes_non_finite_values_as_null_with_a_flag():
-  line = workdir_lib.strict_json({"epoch": 1, "train_loss": float("nan"),
-                                  "test_loss": float("inf"), "test_accuracy": 0.5})
+  line = workdir_lib.strict_json(
+    {"epoch": 1, "train_loss": float("nan"), "test_loss": float("inf"), "test_accuracy": 0.5}
+  )
+
   def no_constants(name):
     raise AssertionError(f"non-standard JSON constant {name}")
+
   assert json.loads(line, parse_constant=no_constants) == {
-      "epoch": 1, "train_loss": None, "test_loss": None, "test_accuracy": 0.5,
-      "non_finite": ["train_loss", "test_loss"]}
+    "epoch": 1,
+    "train_loss": None,
+    "test_loss": None,
+    "test_accuracy": 0.5,
+    "non_finite": ["train_loss", "test_loss"],
+  }
 
 
 def test_trim_metrics_keeps_the_restored_epochs_once(tmp_path):
   run = workdir_lib.Workdir(str(tmp_path))
   # What the old order left: epoch 2 written twice, and a line cut by a crash.
-  lines = [{"epoch": 1, "v": 1}, {"epoch": 2, "v": 2}, {"epoch": 2, "v": 22},
-           {"epoch": 3, "v": 3}]
+  lines = [{"epoch": 1, "v": 1}, {"epoch": 2, "v": 2}, {"epoch": 2, "v": 22}, {"epoch": 3, "v": 3}]
   (tmp_path / "metrics.jsonl").write_text(
-      "".join(json.dumps(l) + "\n" for l in lines) + '{"epoch": 4, "v"')
+    "".join(json.dumps(row) + "\n" for row in lines) + '{"epoch": 4, "v"'
+  )
   run.trim_metrics(2)
   assert run.read_metrics() == [{"epoch": 1, "v": 1}, {"epoch": 2, "v": 22}]
   run.trim_metrics(0)
@@ -175,7 +199,8 @@ def test_tensorboard_hides_what_a_crashed_run_wrote_past_the_checkpoint(tmp_path
   second.close()
   assert len(list((tmp_path / "tensorboard").iterdir())) == 2  # neither file overwritten
   assert tensorboard_view(tmp_path / "tensorboard") == {
-      "train_loss": [(10, 1.0), (20, 2.0), (30, 3.5)]}
+    "train_loss": [(10, 1.0), (20, 2.0), (30, 3.5)]
+  }
 
 
 # --- checkpoints ----------------------------------------------------------------
@@ -235,8 +260,14 @@ def test_unfinished_orbax_directories_are_removed(tmp_path):
 
 
 def quick(**overrides):
-  return tiny_config(**{"train.steps_per_epoch": 10, "train.log_every_steps": 5,
-                        "train.eval_examples": 200, **overrides})
+  return tiny_config(
+    **{
+      "train.steps_per_epoch": 10,
+      "train.log_every_steps": 5,
+      "train.eval_examples": 200,
+      **overrides,
+    }
+  )
 
 
 TIMINGS = ("train_seconds", "eval_seconds", "images_per_second")
@@ -263,14 +294,16 @@ def test_rerun_with_another_config_stops_before_writing(tmp_path):
 def test_extending_a_finished_hybrid_run_grows_its_open_last_phase(tmp_path):
   def config(epochs):
     return quick(**{"phases": "rbd:1,sgd", "train.epochs": epochs})
+
   whole = train.train_and_evaluate(config(3), str(tmp_path / "whole"))
   first = train.train_and_evaluate(config(2), str(tmp_path / "run"))
   extended = train.train_and_evaluate(config(3), str(tmp_path / "run"))
   assert [r["method"] for r in first["history"]] == ["rbd", "sgd"]
   assert [(r["epoch"], r["method"]) for r in extended["history"]] == [(3, "sgd")]
   assert_same_state(whole, extended)
-  assert (results(workdir_lib.Workdir(str(tmp_path / "run")).read_metrics())
-          == results(whole["history"]))
+  assert results(workdir_lib.Workdir(str(tmp_path / "run")).read_metrics()) == results(
+    whole["history"]
+  )
 
 
 # Dies like SIGKILL at the moment orbax would commit checkpoint 2 (renaming
@@ -299,9 +332,18 @@ def test_a_crash_while_a_checkpoint_commits_leaves_a_consistent_workdir(tmp_path
   overrides = {"train.epochs": 2}
   run = tmp_path / "run"
   crashed = subprocess.run(
-      [sys.executable, "-c", CRASH_WHILE_SAVING_EPOCH_2, str(run), json.dumps(overrides),
-       str(ROOT / "tests")],
-      capture_output=True, text=True, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    [
+      sys.executable,
+      "-c",
+      CRASH_WHILE_SAVING_EPOCH_2,
+      str(run),
+      json.dumps(overrides),
+      str(ROOT / "tests"),
+    ],
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
   assert crashed.returncode == 9, crashed.stderr[-3000:]
   assert (run / "checkpoints" / "2.orbax-checkpoint-tmp").exists()  # the window was hit
 

@@ -7,12 +7,13 @@ Datasets is imported only when the "tfds" source is used.
 
 from __future__ import annotations
 
-from random_bases.data.sources import DATA_DIR_ENV_VAR
-from random_bases.data.sources import DATASET_NAMES
-from random_bases.data.sources import Dataset
-from random_bases.data.sources import load_dataset
-from random_bases.data.sources import SOURCES
-from random_bases.data.sources import SPLITS
+from random_bases.data.sources import (
+  DATA_DIR_ENV_VAR,
+  DATASET_NAMES,
+  SOURCES,
+  SPLITS,
+  Dataset,
+  load_dataset,
+)
 
-__all__ = ["DATA_DIR_ENV_VAR", "DATASET_NAMES", "Dataset", "SOURCES",
-           "SPLITS", "load_dataset"]
+__all__ = ["DATA_DIR_ENV_VAR", "DATASET_NAMES", "Dataset", "SOURCES", "SPLITS", "load_dataset"]

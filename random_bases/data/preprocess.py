@@ -50,26 +50,21 @@ def per_image_standardization(images: jax.Array) -> jax.Array:
   return (images - mean) / jnp.maximum(std, 1.0 / np.sqrt(num_elements))
 
 
-def augment_crop_offsets(key: jax.Array, batch: int, *,
-                         max_offset: int) -> jax.Array:
+def augment_crop_offsets(key: jax.Array, batch: int, *, max_offset: int) -> jax.Array:
   """Per-image (row, column) crop offsets, int32 [batch, 2], in [0, max]."""
-  return jax.random.randint(key, (batch, 2), 0, max_offset + 1,
-                            dtype=jnp.int32)
+  return jax.random.randint(key, (batch, 2), 0, max_offset + 1, dtype=jnp.int32)
 
 
-def pad_and_crop(images: jax.Array, offsets: jax.Array, *,
-                 pad: int) -> jax.Array:
+def pad_and_crop(images: jax.Array, offsets: jax.Array, *, pad: int) -> jax.Array:
   """Zero-pads each side by `pad`, then crops back at per-image offsets."""
   _, h, w, c = images.shape
   padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
   # dynamic_slice under vmap: one offset per image, static output size.
-  crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0),
-                                                (h, w, c))
+  crop = lambda img, off: jax.lax.dynamic_slice(img, (off[0], off[1], 0), (h, w, c))
   return jax.vmap(crop)(padded, offsets)
 
 
-def sample_augmentation(key: jax.Array, batch: int, *,
-                        dataset: str) -> dict[str, jax.Array]:
+def sample_augmentation(key: jax.Array, batch: int, *, dataset: str) -> dict[str, jax.Array]:
   """Draws the random augmentation parameters of one training batch.
 
   Args:
@@ -83,23 +78,22 @@ def sample_augmentation(key: jax.Array, batch: int, *,
   """
   check_choice("dataset", dataset, DATASET_NAMES)
   crop_key, other_key = jax.random.split(key)
-  params = {"offsets": augment_crop_offsets(
-      crop_key, batch, max_offset=2 * _CROP_PAD[dataset])}
+  params = {"offsets": augment_crop_offsets(crop_key, batch, max_offset=2 * _CROP_PAD[dataset])}
   if dataset == "cifar10":
     params["flip"] = jax.random.bernoulli(other_key, 0.5, (batch,))
   else:
     params["brightness"] = jax.random.uniform(
-        other_key, (batch,), jnp.float32, -_MAX_BRIGHTNESS_DELTA,
-        _MAX_BRIGHTNESS_DELTA)
+      other_key, (batch,), jnp.float32, -_MAX_BRIGHTNESS_DELTA, _MAX_BRIGHTNESS_DELTA
+    )
   return params
 
 
-def apply_augmentation(images: jax.Array, params: dict[str, jax.Array], *,
-                       dataset: str) -> jax.Array:
+def apply_augmentation(
+  images: jax.Array, params: dict[str, jax.Array], *, dataset: str
+) -> jax.Array:
   """Applies `sample_augmentation`'s parameters and the normalisation."""
   check_choice("dataset", dataset, DATASET_NAMES)
-  x = pad_and_crop(to_unit_float(images), params["offsets"],
-                   pad=_CROP_PAD[dataset])
+  x = pad_and_crop(to_unit_float(images), params["offsets"], pad=_CROP_PAD[dataset])
   if dataset == "cifar10":
     x = jnp.where(params["flip"][:, None, None, None], x[:, :, ::-1, :], x)
     return per_image_standardization(x)
@@ -107,8 +101,7 @@ def apply_augmentation(images: jax.Array, params: dict[str, jax.Array], *,
   return x + params["brightness"][:, None, None, None]
 
 
-def preprocess_train_batch(key: jax.Array, images: jax.Array, *,
-                           dataset: str) -> jax.Array:
+def preprocess_train_batch(key: jax.Array, images: jax.Array, *, dataset: str) -> jax.Array:
   """Training preprocessing, deterministic given `key`.
 
   (F)MNIST: pad 3, random 28x28 crop, brightness delta ~ U[-0.5, 0.5] per

@@ -14,14 +14,15 @@ import os
 import pathlib
 import pickle
 import tarfile
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+  "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+  "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 CIFAR_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR_TEST_BATCH = "test_batch"
@@ -41,8 +42,7 @@ _IDX_UBYTE = 0x08
 # ----------------------------------------------------------------------------
 
 
-def read_idx(path: str | os.PathLike[str], *,
-             expected_ndim: int | None = None) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], *, expected_ndim: int | None = None) -> np.ndarray:
   """Reads an IDX file (optionally gzip-compressed) of unsigned bytes.
 
   Args:
@@ -73,21 +73,21 @@ def read_idx(path: str | os.PathLike[str], *,
   zero0, zero1, dtype_code, ndim = raw[0], raw[1], raw[2], raw[3]
   if zero0 != 0 or zero1 != 0 or dtype_code != _IDX_UBYTE or ndim == 0:
     raise ValueError(
-        f"Corrupt IDX file {path}: bad magic number 0x{raw[:4].hex()} "
-        "(expected 0x0000080N for an unsigned-byte array of N dimensions).")
+      f"Corrupt IDX file {path}: bad magic number 0x{raw[:4].hex()} "
+      "(expected 0x0000080N for an unsigned-byte array of N dimensions)."
+    )
   if expected_ndim is not None and ndim != expected_ndim:
-    raise ValueError(f"Corrupt IDX file {path}: {ndim} dimensions, "
-                     f"expected {expected_ndim}.")
+    raise ValueError(f"Corrupt IDX file {path}: {ndim} dimensions, expected {expected_ndim}.")
   header_len = 4 + 4 * ndim
   if len(raw) < header_len:
     raise ValueError(f"Corrupt IDX file {path}: truncated header.")
-  shape = tuple(int(d) for d in
-                np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+  shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
   expected_len = header_len + int(np.prod(shape))
   if len(raw) != expected_len:
     raise ValueError(
-        f"Corrupt IDX file {path}: header says shape {shape} ({expected_len} "
-        f"bytes in all) but the file has {len(raw)} bytes.")
+      f"Corrupt IDX file {path}: header says shape {shape} ({expected_len} "
+      f"bytes in all) but the file has {len(raw)} bytes."
+    )
   return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
 
 
@@ -103,13 +103,16 @@ def idx_path(directory: pathlib.Path, stem: str) -> pathlib.Path:
 
 def idx_files(directory: pathlib.Path) -> list[pathlib.Path]:
   """The four files of an IDX dataset in `directory`, train first."""
-  return [idx_path(directory, stem) for pair in IDX_FILES.values()
-          for stem in pair]
+  return [idx_path(directory, stem) for pair in IDX_FILES.values() for stem in pair]
 
 
-def read_idx_split(directory: str | os.PathLike[str], split: str, *,
-                   num_classes: int = 10, image_hw: tuple[int, int] = (28, 28)
-                   ) -> tuple[np.ndarray, np.ndarray]:
+def read_idx_split(
+  directory: str | os.PathLike[str],
+  split: str,
+  *,
+  num_classes: int = 10,
+  image_hw: tuple[int, int] = (28, 28),
+) -> tuple[np.ndarray, np.ndarray]:
   """Reads the "train" or "test" split of an IDX dataset.
 
   Args:
@@ -128,14 +131,17 @@ def read_idx_split(directory: str | os.PathLike[str], split: str, *,
   labels = read_idx(labels_path, expected_ndim=1)
   if images.shape[1:] != tuple(image_hw):
     raise ValueError(
-        f"Unexpected image size {images.shape[1:]} in "
-        f"{directory}/{images_stem}*, expected {tuple(image_hw)}.")
+      f"Unexpected image size {images.shape[1:]} in "
+      f"{directory}/{images_stem}*, expected {tuple(image_hw)}."
+    )
   if images.shape[0] != labels.shape[0]:
-    raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels "
-                     f"for split {split!r} in {directory}.")
+    raise ValueError(
+      f"{images.shape[0]} images but {labels.shape[0]} labels for split {split!r} in {directory}."
+    )
   if labels.size and labels.max() >= num_classes:
-    raise ValueError(f"Corrupt labels in {labels_path}: found label "
-                     f"{labels.max()}, expected < {num_classes}.")
+    raise ValueError(
+      f"Corrupt labels in {labels_path}: found label {labels.max()}, expected < {num_classes}."
+    )
   return images[..., None], labels.astype(np.int32)
 
 
@@ -153,26 +159,24 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
   """
 
   _ALLOWED = {
-      ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol < 3.
-      ("numpy", "ndarray"),
-      ("numpy", "dtype"),
-      ("numpy.core.multiarray", "_reconstruct"),
-      ("numpy._core.multiarray", "_reconstruct"),
-      ("numpy.core.multiarray", "scalar"),
-      ("numpy._core.multiarray", "scalar"),
-      ("numpy.core.numeric", "_frombuffer"),  # protocol 5 out-of-band buffers.
-      ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),  # bytes pickled by Python 3 at protocol < 3.
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),  # protocol 5 out-of-band buffers.
+    ("numpy._core.numeric", "_frombuffer"),
   }
 
   def find_class(self, module: str, name: str) -> Any:
     if (module, name) not in self._ALLOWED:
-      raise pickle.UnpicklingError(
-          f"global {module}.{name} is not allowed in a CIFAR batch")
+      raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a CIFAR batch")
     return super().find_class(module, name)
 
 
-def read_cifar_batch(path: str | os.PathLike[str]
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
   """Reads one CIFAR-10 python batch.
 
   The official layout is a pickled dict with b"data" (uint8 [N, 3072]: the
@@ -195,24 +199,21 @@ def read_cifar_batch(path: str | os.PathLike[str]
   except Exception as e:  # Any unpickling failure means the file is unusable.
     raise ValueError(f"Cannot read CIFAR-10 batch {path}: {e}") from e
   if not isinstance(batch, dict):
-    raise ValueError(f"Corrupt CIFAR-10 batch {path}: expected a dict, "
-                     f"got {type(batch).__name__}.")
+    raise ValueError(f"Corrupt CIFAR-10 batch {path}: expected a dict, got {type(batch).__name__}.")
   # Accept str keys too, for batches re-pickled by Python 3 code.
   data = batch.get(b"data", batch.get("data"))
   labels = batch.get(b"labels", batch.get("labels"))
   if data is None or labels is None:
-    raise ValueError(
-        f"Corrupt CIFAR-10 batch {path}: missing 'data' or 'labels'.")
+    raise ValueError(f"Corrupt CIFAR-10 batch {path}: missing 'data' or 'labels'.")
   data = np.asarray(data)
   labels = np.asarray(labels)
-  if (data.ndim != 2 or data.shape[1] != 32 * 32 * 3
-      or data.shape[0] != labels.shape[0]):
+  if data.ndim != 2 or data.shape[1] != 32 * 32 * 3 or data.shape[0] != labels.shape[0]:
     raise ValueError(
-        f"Corrupt CIFAR-10 batch {path}: data shape {data.shape}, "
-        f"{labels.shape[0]} labels (expected [N, 3072] and N labels).")
+      f"Corrupt CIFAR-10 batch {path}: data shape {data.shape}, "
+      f"{labels.shape[0]} labels (expected [N, 3072] and N labels)."
+    )
   if data.dtype != np.uint8:
-    raise ValueError(f"Corrupt CIFAR-10 batch {path}: data dtype "
-                     f"{data.dtype}, expected uint8.")
+    raise ValueError(f"Corrupt CIFAR-10 batch {path}: data dtype {data.dtype}, expected uint8.")
   if labels.size and (labels.min() < 0 or labels.max() >= 10):
     raise ValueError(f"Corrupt CIFAR-10 batch {path}: labels outside [0, 10).")
   # [N, 3072] -> [N, C, H, W] (channel planes) -> [N, H, W, C].
@@ -222,8 +223,7 @@ def read_cifar_batch(path: str | os.PathLike[str]
 
 def cifar10_dir(directory: pathlib.Path) -> pathlib.Path:
   """`directory` if it holds the batches, else its cifar-10-batches-py/."""
-  if ((directory / CIFAR_TEST_BATCH).is_file()
-      or not (directory / CIFAR_SUBDIR).is_dir()):
+  if (directory / CIFAR_TEST_BATCH).is_file() or not (directory / CIFAR_SUBDIR).is_dir():
     return directory
   return directory / CIFAR_SUBDIR
 
@@ -234,8 +234,7 @@ def cifar10_files(directory: pathlib.Path) -> list[pathlib.Path]:
   return [directory / n for n in (*CIFAR_TRAIN_BATCHES, CIFAR_TEST_BATCH)]
 
 
-def read_cifar10(directory: str | os.PathLike[str]
-                 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def read_cifar10(directory: str | os.PathLike[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
   """Reads the CIFAR-10 batches in `directory` (or its cifar-10-batches-py/).
 
   Returns:
@@ -244,9 +243,8 @@ def read_cifar10(directory: str | os.PathLike[str]
   directory = cifar10_dir(pathlib.Path(directory))
   train = [read_cifar_batch(directory / name) for name in CIFAR_TRAIN_BATCHES]
   return {
-      "train": (np.concatenate([x for x, _ in train]),
-                np.concatenate([y for _, y in train])),
-      "test": read_cifar_batch(directory / CIFAR_TEST_BATCH),
+    "train": (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train])),
+    "test": read_cifar_batch(directory / CIFAR_TEST_BATCH),
   }
 
 
@@ -305,8 +303,9 @@ def _archive_entries(archive: pathlib.Path) -> Iterator[_Entry]:
         yield _parts(member.name), tar.extractfile(member).read
 
 
-def _decode_image(data: bytes, where: Callable[[], str],
-                  image_shape: tuple[int, int, int]) -> tuple[np.ndarray, str]:
+def _decode_image(
+  data: bytes, where: Callable[[], str], image_shape: tuple[int, int, int]
+) -> tuple[np.ndarray, str]:
   """The image as uint8 `image_shape`, and its format; `where` names it."""
   height, width, channels = image_shape
   mode = "RGB" if channels == 3 else "L"
@@ -314,8 +313,8 @@ def _decode_image(data: bytes, where: Callable[[], str],
     with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as image:
       if image.size != (width, height):
         raise ValueError(
-            f"Image {where()} is {image.size[0]}x{image.size[1]} pixels; "
-            f"expected {width}x{height}.")
+          f"Image {where()} is {image.size[0]}x{image.size[1]} pixels; expected {width}x{height}."
+        )
       image_format = image.format
       if image.mode != mode:
         image = image.convert(mode)
@@ -324,10 +323,13 @@ def _decode_image(data: bytes, where: Callable[[], str],
     raise ValueError(f"Cannot decode image {where()}: {e}") from e
 
 
-def read_image_folder(path: str | os.PathLike[str], *,
-                      image_shape: tuple[int, int, int],
-                      splits: tuple[str, ...] = ("train", "test"),
-                      classes: tuple[str, ...] | None = None) -> ImageFolder:
+def read_image_folder(
+  path: str | os.PathLike[str],
+  *,
+  image_shape: tuple[int, int, int],
+  splits: tuple[str, ...] = ("train", "test"),
+  classes: tuple[str, ...] | None = None,
+) -> ImageFolder:
   """Decodes `split/class/image` files from a folder or a .tar.gz of one.
 
   Files other than .jpg/.jpeg/.png, and images outside the named splits, are
@@ -354,8 +356,7 @@ def read_image_folder(path: str | os.PathLike[str], *,
   elif path.is_file() and is_archive(path):
     entries = _archive_entries(path)
   else:
-    raise ValueError(
-        f"Image folder {path} is neither a folder nor a .tar.gz archive.")
+    raise ValueError(f"Image folder {path} is neither a folder nor a .tar.gz archive.")
   class_folders = {split: set() for split in splits}
   decoded = {split: [] for split in splits}  # (class, file name, image)
   formats = set()
@@ -365,13 +366,15 @@ def read_image_folder(path: str | os.PathLike[str], *,
         if len(parts) >= 2 and parts[-2] in class_folders:
           class_folders[parts[-2]].add(parts[-1])
         continue
-      if (len(parts) < 3 or parts[-3] not in class_folders
-          or not parts[-1].lower().endswith(IMAGE_SUFFIXES)):
+      if (
+        len(parts) < 3
+        or parts[-3] not in class_folders
+        or not parts[-1].lower().endswith(IMAGE_SUFFIXES)
+      ):
         continue
       split, class_name = parts[-3], parts[-2]
       class_folders[split].add(class_name)
-      image, image_format = _decode_image(
-          read(), lambda: f"{path}/{'/'.join(parts)}", image_shape)
+      image, image_format = _decode_image(read(), lambda: f"{path}/{'/'.join(parts)}", image_shape)  # noqa: B023  (called at once)
       decoded[split].append((class_name, parts[-1], image))
       formats.add(image_format)
   except (tarfile.TarError, EOFError, OSError) as e:
@@ -380,37 +383,40 @@ def read_image_folder(path: str | os.PathLike[str], *,
   for split in splits:
     if not class_folders[split]:
       raise ValueError(
-          f"Image folder {path} has no {split!r} split: expected "
-          f"{split}/<class>/<image> with {', '.join(IMAGE_SUFFIXES)} images.")
+        f"Image folder {path} has no {split!r} split: expected "
+        f"{split}/<class>/<image> with {', '.join(IMAGE_SUFFIXES)} images."
+      )
     counts = {c: 0 for c in class_folders[split]}
     for class_name, _, _ in decoded[split]:
       counts[class_name] += 1
     empty = sorted(c for c, n in counts.items() if n == 0)
     if empty:
-      raise ValueError(f"Image folder {path}: class folder {split}/{empty[0]} "
-                       f"has no {', '.join(IMAGE_SUFFIXES)} images.")
+      raise ValueError(
+        f"Image folder {path}: class folder {split}/{empty[0]} "
+        f"has no {', '.join(IMAGE_SUFFIXES)} images."
+      )
   first, *others = splits
   for split in others:
     if class_folders[split] != class_folders[first]:
       raise ValueError(
-          f"Image folder {path}: the classes of {first!r} and {split!r} "
-          f"differ: only in {first!r}: "
-          f"{sorted(class_folders[first] - class_folders[split])}, only in "
-          f"{split!r}: {sorted(class_folders[split] - class_folders[first])}.")
+        f"Image folder {path}: the classes of {first!r} and {split!r} "
+        f"differ: only in {first!r}: "
+        f"{sorted(class_folders[first] - class_folders[split])}, only in "
+        f"{split!r}: {sorted(class_folders[split] - class_folders[first])}."
+      )
   found = class_folders[first]
   if classes is not None and found != set(classes):
     raise ValueError(
-        f"Image folder {path} has the classes {sorted(found)}; expected "
-        f"{list(classes)}.")
+      f"Image folder {path} has the classes {sorted(found)}; expected {list(classes)}."
+    )
   classes = tuple(classes) if classes is not None else tuple(sorted(found))
 
   label_of = {name: i for i, name in enumerate(classes)}
   arrays = {}
   for split in splits:
-    ordered = sorted(decoded[split],
-                     key=lambda item: (label_of[item[0]], item[1]))
+    ordered = sorted(decoded[split], key=lambda item: (label_of[item[0]], item[1]))
     arrays[split] = (
-        np.stack([image for _, _, image in ordered]),
-        np.asarray([label_of[c] for c, _, _ in ordered], np.int32))
-  return ImageFolder(splits=arrays, classes=classes,
-                     formats=tuple(sorted(formats)))
+      np.stack([image for _, _, image in ordered]),
+      np.asarray([label_of[c] for c, _, _ in ordered], np.int32),
+    )
+  return ImageFolder(splits=arrays, classes=classes, formats=tuple(sorted(formats)))

@@ -34,8 +34,8 @@ import pathlib
 import tempfile
 import time
 
-from absl import logging
 import numpy as np
+from absl import logging
 
 from random_bases.checks import check_choice
 from random_bases.data import readers
@@ -57,9 +57,9 @@ TUNE_TRAIN_FRACTION = 0.75
 # this fraction of the sample's training images.
 SAMPLE_MAX_HOLDOUT_FRACTION = 0.2
 
-SAMPLE_PATH = pathlib.Path(str(
-    importlib.resources.files("random_bases") / "sample_data"
-    / "mnist_sample.npz"))
+SAMPLE_PATH = pathlib.Path(
+  str(importlib.resources.files("random_bases") / "sample_data" / "mnist_sample.npz")
+)
 
 # Bumped whenever the cached arrays would change for the same image folder.
 _FOLDER_CACHE_VERSION = 1
@@ -82,61 +82,74 @@ class _DatasetInfo:
 
 
 _INFO = {
-    "mnist": _DatasetInfo(
-        title="MNIST",
-        tfds_name="mnist",
-        image_shape=(28, 28, 1),
-        num_classes=10,
-        file_format="idx",
-        subdirs=("mnist", "MNIST"),
-        system_dirs=(),
-        class_names=None,
-        how_to_get=(
-            "Download the four IDX .gz files from the MNIST homepage "
-            "(http://yann.lecun.com/exdb/mnist/, by Yann LeCun, Corinna Cortes "
-            "and Christopher J.C. Burges) into that folder, or prepare the "
-            "TFDS dataset 'mnist' on a machine with internet access "
-            "(tfds.builder('mnist').download_and_prepare()), or use "
-            "source='sample' for the small MNIST sample shipped with "
-            "random_bases."),
+  "mnist": _DatasetInfo(
+    title="MNIST",
+    tfds_name="mnist",
+    image_shape=(28, 28, 1),
+    num_classes=10,
+    file_format="idx",
+    subdirs=("mnist", "MNIST"),
+    system_dirs=(),
+    class_names=None,
+    how_to_get=(
+      "Download the four IDX .gz files from the MNIST homepage "
+      "(http://yann.lecun.com/exdb/mnist/, by Yann LeCun, Corinna Cortes "
+      "and Christopher J.C. Burges) into that folder, or prepare the "
+      "TFDS dataset 'mnist' on a machine with internet access "
+      "(tfds.builder('mnist').download_and_prepare()), or use "
+      "source='sample' for the small MNIST sample shipped with "
+      "random_bases."
     ),
-    "fashion_mnist": _DatasetInfo(
-        title="Fashion-MNIST",
-        tfds_name="fashion_mnist",
-        image_shape=(28, 28, 1),
-        num_classes=10,
-        file_format="idx",
-        subdirs=("fashion_mnist", "fashion-mnist"),
-        system_dirs=("/usr/share/datasets/fashion-mnist",),
-        class_names=None,
-        how_to_get=(
-            "On Debian/Ubuntu install the package 'dataset-fashion-mnist' "
-            "(apt-get install dataset-fashion-mnist; it puts the files in "
-            "/usr/share/datasets/fashion-mnist), or download the four IDX .gz "
-            "files from https://github.com/zalandoresearch/fashion-mnist, or "
-            "prepare the TFDS dataset 'fashion_mnist' "
-            "(tfds.builder('fashion_mnist').download_and_prepare())."),
+  ),
+  "fashion_mnist": _DatasetInfo(
+    title="Fashion-MNIST",
+    tfds_name="fashion_mnist",
+    image_shape=(28, 28, 1),
+    num_classes=10,
+    file_format="idx",
+    subdirs=("fashion_mnist", "fashion-mnist"),
+    system_dirs=("/usr/share/datasets/fashion-mnist",),
+    class_names=None,
+    how_to_get=(
+      "On Debian/Ubuntu install the package 'dataset-fashion-mnist' "
+      "(apt-get install dataset-fashion-mnist; it puts the files in "
+      "/usr/share/datasets/fashion-mnist), or download the four IDX .gz "
+      "files from https://github.com/zalandoresearch/fashion-mnist, or "
+      "prepare the TFDS dataset 'fashion_mnist' "
+      "(tfds.builder('fashion_mnist').download_and_prepare())."
     ),
-    "cifar10": _DatasetInfo(
-        title="CIFAR-10",
-        tfds_name="cifar10",
-        image_shape=(32, 32, 3),
-        num_classes=10,
-        file_format="cifar",
-        subdirs=("cifar10", "cifar-10", readers.CIFAR_SUBDIR),
-        system_dirs=(),
-        # CIFAR-10's official label order (batches.meta).
-        class_names=("airplane", "automobile", "bird", "cat", "deer", "dog",
-                     "frog", "horse", "ship", "truck"),
-        how_to_get=(
-            "Download and unpack the CIFAR-10 python version "
-            "(cifar-10-python.tar.gz) from "
-            "https://www.cs.toronto.edu/~kriz/cifar.html so that the folder "
-            "cifar-10-batches-py/ (data_batch_1..5, test_batch) is there, or "
-            "point source='folder' at a train/<class>/, test/<class>/ image "
-            "tree or .tar.gz, or prepare the TFDS dataset 'cifar10' "
-            "(tfds.builder('cifar10').download_and_prepare())."),
+  ),
+  "cifar10": _DatasetInfo(
+    title="CIFAR-10",
+    tfds_name="cifar10",
+    image_shape=(32, 32, 3),
+    num_classes=10,
+    file_format="cifar",
+    subdirs=("cifar10", "cifar-10", readers.CIFAR_SUBDIR),
+    system_dirs=(),
+    # CIFAR-10's official label order (batches.meta).
+    class_names=(
+      "airplane",
+      "automobile",
+      "bird",
+      "cat",
+      "deer",
+      "dog",
+      "frog",
+      "horse",
+      "ship",
+      "truck",
     ),
+    how_to_get=(
+      "Download and unpack the CIFAR-10 python version "
+      "(cifar-10-python.tar.gz) from "
+      "https://www.cs.toronto.edu/~kriz/cifar.html so that the folder "
+      "cifar-10-batches-py/ (data_batch_1..5, test_batch) is there, or "
+      "point source='folder' at a train/<class>/, test/<class>/ image "
+      "tree or .tar.gz, or prepare the TFDS dataset 'cifar10' "
+      "(tfds.builder('cifar10').download_and_prepare())."
+    ),
+  ),
 }
 
 
@@ -202,11 +215,9 @@ def _files_candidates(name: str, root: pathlib.Path) -> list[pathlib.Path]:
   return [root, *(root / sub for sub in _INFO[name].subdirs)]
 
 
-def _find_files(name: str,
-                candidates: list[pathlib.Path]) -> pathlib.Path | None:
+def _find_files(name: str, candidates: list[pathlib.Path]) -> pathlib.Path | None:
   for directory in candidates:
-    if directory.is_dir() and any(
-        p.is_file() for p in _required_files(name, directory)):
+    if directory.is_dir() and any(p.is_file() for p in _required_files(name, directory)):
       return directory
   return None
 
@@ -215,12 +226,14 @@ def _load_files(name: str, directory: pathlib.Path) -> _Splits:
   info = _INFO[name]
   for path in _required_files(name, directory):
     if not path.is_file():
-      raise ValueError(
-          f"Dataset {name!r}: file {path} is missing. {info.how_to_get}")
+      raise ValueError(f"Dataset {name!r}: file {path} is missing. {info.how_to_get}")
   if info.file_format == "idx":
-    return {split: readers.read_idx_split(
-        directory, split, num_classes=info.num_classes,
-        image_hw=info.image_shape[:2]) for split in ("train", "test")}
+    return {
+      split: readers.read_idx_split(
+        directory, split, num_classes=info.num_classes, image_hw=info.image_shape[:2]
+      )
+      for split in ("train", "test")
+    }
   return readers.read_cifar10(directory)
 
 
@@ -236,8 +249,9 @@ def _files_description(name: str, directory: pathlib.Path) -> str:
 
 
 def _folder_candidates(name: str, root: pathlib.Path) -> list[pathlib.Path]:
-  subs = [f"{sub}-{kind}" for sub in _INFO[name].subdirs
-          for kind in ("jpeg", "png")] + list(_INFO[name].subdirs)
+  subs = [f"{sub}-{kind}" for sub in _INFO[name].subdirs for kind in ("jpeg", "png")] + list(
+    _INFO[name].subdirs
+  )
   return [root, *(root / sub for sub in subs)]
 
 
@@ -271,63 +285,71 @@ def default_cache_dir() -> pathlib.Path:
 def check_cache_dir(field: str, cache_dir: str | None) -> None:
   """Raises a ValueError naming `field` if `cache_dir` is an existing file."""
   if cache_dir and _absolute(cache_dir).is_file():
-    raise ValueError(f"{field}={cache_dir!r} is a file; it must be a folder "
-                     "(created if missing) for the decoded-image cache.")
+    raise ValueError(
+      f"{field}={cache_dir!r} is a file; it must be a folder "
+      "(created if missing) for the decoded-image cache."
+    )
 
 
 def _folder_fingerprint(name: str, path: pathlib.Path) -> str:
   """Changes whenever the folder's files or the decoding would change."""
   if path.is_dir():
     listing = sorted(
-        (os.path.relpath(os.path.join(d, f), path), s.st_size, s.st_mtime_ns)
-        for d, _, files in os.walk(path) for f in files
-        for s in (os.stat(os.path.join(d, f)),))
+      (os.path.relpath(os.path.join(d, f), path), s.st_size, s.st_mtime_ns)
+      for d, _, files in os.walk(path)
+      for f in files
+      for s in (os.stat(os.path.join(d, f)),)
+    )
   else:
     stat = path.stat()
     listing = [(stat.st_size, stat.st_mtime_ns)]
   info = _INFO[name]
-  key = repr((_FOLDER_CACHE_VERSION, name, str(path), info.image_shape,
-              info.class_names, listing))
+  key = repr((_FOLDER_CACHE_VERSION, name, str(path), info.image_shape, info.class_names, listing))
   return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
 def _write_npz_atomically(path: pathlib.Path, arrays: dict) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   # A reader never sees a half-written cache: write aside, then rename.
-  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp",
-                                   delete=False) as f:
+  with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
     np.savez(f, **arrays)
   os.replace(f.name, path)
 
 
-def _load_folder(name: str, path: pathlib.Path,
-                 cache_dir: pathlib.Path) -> tuple[_Splits, tuple[str, ...]]:
+def _load_folder(
+  name: str, path: pathlib.Path, cache_dir: pathlib.Path
+) -> tuple[_Splits, tuple[str, ...]]:
   """The folder's splits and image formats, from the cache when it has them."""
-  cache_file = (cache_dir / "image_folders"
-                / f"{name}-{_folder_fingerprint(name, path)}.npz")
+  cache_file = cache_dir / "image_folders" / f"{name}-{_folder_fingerprint(name, path)}.npz"
   if cache_file.is_file():
     try:
       with np.load(cache_file) as npz:
-        splits = {split: (npz[f"{split}_images"], npz[f"{split}_labels"])
-                  for split in ("train", "test")}
+        splits = {
+          split: (npz[f"{split}_images"], npz[f"{split}_labels"]) for split in ("train", "test")
+        }
         formats = tuple(str(f) for f in npz["formats"])
-      logging.info("Image folder %s: decoded images read from the cache %s.",
-                   path, cache_file)
+      logging.info("Image folder %s: decoded images read from the cache %s.", path, cache_file)
       return splits, formats
     except (OSError, ValueError, KeyError) as e:
-      logging.warning("Ignoring the unreadable cache file %s (%s); decoding "
-                      "%s again.", cache_file, e, path)
+      logging.warning(
+        "Ignoring the unreadable cache file %s (%s); decoding %s again.", cache_file, e, path
+      )
   start = time.perf_counter()
   info = _INFO[name]
-  folder = readers.read_image_folder(path, image_shape=info.image_shape,
-                                     classes=info.class_names)
-  logging.info("Image folder %s: decoded %d images in %.1f s; classes %s.",
-               path, sum(len(y) for _, y in folder.splits.values()),
-               time.perf_counter() - start, ", ".join(folder.classes))
+  folder = readers.read_image_folder(path, image_shape=info.image_shape, classes=info.class_names)
+  logging.info(
+    "Image folder %s: decoded %d images in %.1f s; classes %s.",
+    path,
+    sum(len(y) for _, y in folder.splits.values()),
+    time.perf_counter() - start,
+    ", ".join(folder.classes),
+  )
   if len(folder.classes) != info.num_classes:
-    raise ValueError(f"Image folder {path} has {len(folder.classes)} classes "
-                     f"({', '.join(folder.classes)}); {name} has "
-                     f"{info.num_classes}.")
+    raise ValueError(
+      f"Image folder {path} has {len(folder.classes)} classes "
+      f"({', '.join(folder.classes)}); {name} has "
+      f"{info.num_classes}."
+    )
   arrays = {"formats": np.asarray(folder.formats)}
   for split, (images, labels) in folder.splits.items():
     arrays[f"{split}_images"], arrays[f"{split}_labels"] = images, labels
@@ -335,14 +357,16 @@ def _load_folder(name: str, path: pathlib.Path,
     _write_npz_atomically(cache_file, arrays)
     logging.info("Image folder %s: cached as %s.", path, cache_file)
   except OSError as e:
-    logging.warning("Could not cache the decoded images of %s in %s (%s); "
-                    "they will be decoded again next time.", path, cache_dir,
-                    e)
+    logging.warning(
+      "Could not cache the decoded images of %s in %s (%s); they will be decoded again next time.",
+      path,
+      cache_dir,
+      e,
+    )
   return folder.splits, folder.formats
 
 
-def _folder_description(name: str, path: pathlib.Path,
-                        formats: tuple[str, ...]) -> str:
+def _folder_description(name: str, path: pathlib.Path, formats: tuple[str, ...]) -> str:
   if "JPEG" in formats:
     # JPEG is lossy: the pixels differ from the official dataset's.
     kind = "JPEG re-encoding"
@@ -373,8 +397,9 @@ def _tfds_is_prepared(name: str, data_dir: pathlib.Path | None) -> bool:
   except ImportError:
     return False
   try:
-    return bool(tfds.builder(_INFO[name].tfds_name,
-                             data_dir=str(_tfds_dir(data_dir))).is_prepared())
+    return bool(
+      tfds.builder(_INFO[name].tfds_name, data_dir=str(_tfds_dir(data_dir))).is_prepared()
+    )
   except Exception as e:  # pylint: disable=broad-except
     # "auto" must fall through to other sources whatever TFDS complains about.
     logging.info("TFDS check for %s failed: %s", name, e)
@@ -385,8 +410,10 @@ def _load_tfds(name: str, data_dir: pathlib.Path | None) -> _Splits:
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ValueError("source='tfds' needs the tensorflow-datasets package "
-                     "(pip install tensorflow-datasets tensorflow-cpu).") from e
+    raise ValueError(
+      "source='tfds' needs the tensorflow-datasets package "
+      "(pip install tensorflow-datasets tensorflow-cpu)."
+    ) from e
   info = _INFO[name]
   kwargs = {} if data_dir is None else {"data_dir": str(data_dir)}
   out = {}
@@ -394,13 +421,13 @@ def _load_tfds(name: str, data_dir: pathlib.Path | None) -> _Splits:
     try:
       # download=False: the machine may be offline, and a silent multi-GB
       # download is never what a training run should do.
-      ds = tfds.load(info.tfds_name, split=split, as_supervised=True,
-                     download=False, **kwargs)
+      ds = tfds.load(info.tfds_name, split=split, as_supervised=True, download=False, **kwargs)
     except Exception as e:  # TFDS signals missing data in several ways.
       raise ValueError(
-          f"TFDS dataset {info.tfds_name!r} (split {split!r}) is not "
-          f"available locally (data_dir={kwargs.get('data_dir')!r}; "
-          f"downloading is disabled): {e}. {info.how_to_get}") from e
+        f"TFDS dataset {info.tfds_name!r} (split {split!r}) is not "
+        f"available locally (data_dir={kwargs.get('data_dir')!r}; "
+        f"downloading is disabled): {e}. {info.how_to_get}"
+      ) from e
     # Fixed-size batches rather than batch_size=-1: the latter needs the split
     # size from the metadata, which tfds.testing.mock_data does not provide.
     images, labels = [], []
@@ -408,13 +435,13 @@ def _load_tfds(name: str, data_dir: pathlib.Path | None) -> _Splits:
       images.append(np.asarray(x, dtype=np.uint8))
       labels.append(np.asarray(y, dtype=np.int32))
     if not images:
-      raise ValueError(
-          f"TFDS dataset {info.tfds_name!r} split {split!r} is empty.")
+      raise ValueError(f"TFDS dataset {info.tfds_name!r} split {split!r} is empty.")
     x = np.concatenate(images)
     if x.shape[1:] != info.image_shape:
       raise ValueError(
-          f"TFDS dataset {info.tfds_name!r} has images of shape "
-          f"{x.shape[1:]}, expected {info.image_shape}.")
+        f"TFDS dataset {info.tfds_name!r} has images of shape "
+        f"{x.shape[1:]}, expected {info.image_shape}."
+      )
     out[split] = (x, np.concatenate(labels))
   return out
 
@@ -427,23 +454,26 @@ def _load_tfds(name: str, data_dir: pathlib.Path | None) -> _Splits:
 def _load_sample() -> _Splits:
   if not SAMPLE_PATH.is_file():
     raise ValueError(
-        f"The MNIST sample {SAMPLE_PATH} is missing from the installation; "
-        "regenerate it with random_bases/sample_data/make_sample.py.")
+      f"The MNIST sample {SAMPLE_PATH} is missing from the installation; "
+      "regenerate it with random_bases/sample_data/make_sample.py."
+    )
   with np.load(SAMPLE_PATH) as npz:
-    out = {split: (npz[f"{split}_images"].astype(np.uint8),
-                   npz[f"{split}_labels"].astype(np.int32))
-           for split in ("train", "test")}
+    out = {
+      split: (npz[f"{split}_images"].astype(np.uint8), npz[f"{split}_labels"].astype(np.int32))
+      for split in ("train", "test")
+    }
   for split, (x, y) in out.items():
     if x.ndim != 4 or x.shape[1:] != (28, 28, 1) or x.shape[0] != y.shape[0]:
-      raise ValueError(f"Corrupt MNIST sample {SAMPLE_PATH}: {split} shapes "
-                       f"{x.shape}, {y.shape}.")
+      raise ValueError(f"Corrupt MNIST sample {SAMPLE_PATH}: {split} shapes {x.shape}, {y.shape}.")
   return out
 
 
 def _sample_description(splits: _Splits) -> str:
-  return (f"MNIST SAMPLE ({len(splits['train'][1]):,} train / "
-          f"{len(splits['test'][1]):,} test images shipped with random_bases; "
-          "NOT the full dataset)")
+  return (
+    f"MNIST SAMPLE ({len(splits['train'][1]):,} train / "
+    f"{len(splits['test'][1]):,} test images shipped with random_bases; "
+    "NOT the full dataset)"
+  )
 
 
 # ----------------------------------------------------------------------------
@@ -460,25 +490,23 @@ def _roots(data_dir: pathlib.Path | None) -> list[tuple[pathlib.Path, str]]:
   return [(env_root, f"${DATA_DIR_ENV_VAR}")] if env_root else []
 
 
-def _locate_files(name: str,
-                  data_dir: pathlib.Path | None) -> pathlib.Path | None:
-  candidates = [c for root, _ in _roots(data_dir)
-                for c in _files_candidates(name, root)]
+def _locate_files(name: str, data_dir: pathlib.Path | None) -> pathlib.Path | None:
+  candidates = [c for root, _ in _roots(data_dir) for c in _files_candidates(name, root)]
   if data_dir is None:
     candidates += [pathlib.Path(d) for d in _INFO[name].system_dirs]
   return _find_files(name, candidates)
 
 
-def _locate_folder(name: str,
-                   data_dir: pathlib.Path | None) -> pathlib.Path | None:
-  return _find_folder([c for root, _ in _roots(data_dir)
-                       for c in _folder_candidates(name, root)])
+def _locate_folder(name: str, data_dir: pathlib.Path | None) -> pathlib.Path | None:
+  return _find_folder([c for root, _ in _roots(data_dir) for c in _folder_candidates(name, root)])
 
 
 def _where_looked(name: str, data_dir: pathlib.Path | None) -> str:
   roots = _roots(data_dir)
-  where = [f"{how}={str(root)!r} (and its {', '.join(_INFO[name].subdirs)} "
-           "sub-folders)" for root, how in roots]
+  where = [
+    f"{how}={str(root)!r} (and its {', '.join(_INFO[name].subdirs)} sub-folders)"
+    for root, how in roots
+  ]
   if data_dir is None:
     if not roots:
       where.append(f"${DATA_DIR_ENV_VAR} (not set)")
@@ -486,8 +514,7 @@ def _where_looked(name: str, data_dir: pathlib.Path | None) -> str:
   return "; ".join(where)
 
 
-def _choose_auto(name: str, data_dir: pathlib.Path | None
-                 ) -> tuple[str, pathlib.Path | None, str]:
+def _choose_auto(name: str, data_dir: pathlib.Path | None) -> tuple[str, pathlib.Path | None, str]:
   """(source, location, why) for source='auto'."""
   for root, how in _roots(data_dir):
     directory = _find_files(name, _files_candidates(name, root))
@@ -497,25 +524,25 @@ def _choose_auto(name: str, data_dir: pathlib.Path | None
     if folder is not None:
       return "folder", folder, f"found an image folder under {how}"
   if _tfds_is_prepared(name, data_dir):
-    return "tfds", data_dir, (
-        f"TFDS has it prepared in {_tfds_dir(data_dir)}")
+    return "tfds", data_dir, (f"TFDS has it prepared in {_tfds_dir(data_dir)}")
   if data_dir is not None:
     # No silent sample when the caller named a folder: a typo there should
     # not turn a real experiment into a run on 2,000 images.
     raise ValueError(
-        f"source='auto' found no data for {name!r} in data_dir="
-        f"{str(data_dir)!r}: no raw files, no image folder, and TFDS has not "
-        f"prepared it there. {_INFO[name].how_to_get}")
-  directory = _find_files(name, [pathlib.Path(d)
-                                 for d in _INFO[name].system_dirs])
+      f"source='auto' found no data for {name!r} in data_dir="
+      f"{str(data_dir)!r}: no raw files, no image folder, and TFDS has not "
+      f"prepared it there. {_INFO[name].how_to_get}"
+    )
+  directory = _find_files(name, [pathlib.Path(d) for d in _INFO[name].system_dirs])
   if directory is not None:
     return "files", directory, "found its files where the system installs them"
-  nothing = (f"found no data in {_where_looked(name, None)} and TFDS has not "
-             f"prepared it in {_tfds_dir(None)}")
+  nothing = (
+    f"found no data in {_where_looked(name, None)} and TFDS has not "
+    f"prepared it in {_tfds_dir(None)}"
+  )
   if name == "mnist":
     return "sample", None, nothing
-  raise ValueError(f"source='auto' {nothing}, for dataset {name!r}. "
-                   f"{_INFO[name].how_to_get}")
+  raise ValueError(f"source='auto' {nothing}, for dataset {name!r}. {_INFO[name].how_to_get}")
 
 
 # ----------------------------------------------------------------------------
@@ -523,9 +550,13 @@ def _choose_auto(name: str, data_dir: pathlib.Path | None
 # ----------------------------------------------------------------------------
 
 
-def holdout_indices(num_examples: int, *, holdout: str = "validation",
-                    holdout_size: int = 10_000, holdout_seed: int = 0
-                    ) -> tuple[np.ndarray, np.ndarray | None]:
+def holdout_indices(
+  num_examples: int,
+  *,
+  holdout: str = "validation",
+  holdout_size: int = 10_000,
+  holdout_seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray | None]:
   """Splits range(num_examples) into (train indices, held-out indices).
 
   Args:
@@ -547,16 +578,23 @@ def holdout_indices(num_examples: int, *, holdout: str = "validation",
     holdout_size = num_examples - int(round(TUNE_TRAIN_FRACTION * num_examples))
   if not 0 < holdout_size < num_examples:
     raise ValueError(
-        f"holdout_size={holdout_size} must be in (0, {num_examples}) for a "
-        f"training set of {num_examples} examples.")
+      f"holdout_size={holdout_size} must be in (0, {num_examples}) for a "
+      f"training set of {num_examples} examples."
+    )
   perm = np.random.default_rng(holdout_seed).permutation(num_examples)
   return np.sort(perm[holdout_size:]), np.sort(perm[:holdout_size])
 
 
-def load_dataset(name: str, *, source: str = "auto",
-                 data_dir: str | None = None, holdout: str = "validation",
-                 holdout_size: int = 10_000, holdout_seed: int = 0,
-                 cache_dir: str | None = None) -> Dataset:
+def load_dataset(
+  name: str,
+  *,
+  source: str = "auto",
+  data_dir: str | None = None,
+  holdout: str = "validation",
+  holdout_size: int = 10_000,
+  holdout_seed: int = 0,
+  cache_dir: str | None = None,
+) -> Dataset:
   """Loads a dataset into host memory and splits off the held-out block.
 
   Args:
@@ -584,8 +622,7 @@ def load_dataset(name: str, *, source: str = "auto",
   check_choice("holdout", holdout, SPLITS)
   check_cache_dir("cache_dir", cache_dir)
   if source == "sample" and name != "mnist":
-    raise ValueError(
-        f"source='sample' is only available for mnist, not {name!r}.")
+    raise ValueError(f"source='sample' is only available for mnist, not {name!r}.")
   info = _INFO[name]
   root = _absolute(data_dir) if data_dir else None
 
@@ -598,23 +635,24 @@ def load_dataset(name: str, *, source: str = "auto",
     location = _locate_files(name, root)
     if location is None:
       raise ValueError(
-          f"source='files': no raw files for dataset {name!r} in "
-          f"{_where_looked(name, root)}. {info.how_to_get}")
+        f"source='files': no raw files for dataset {name!r} in "
+        f"{_where_looked(name, root)}. {info.how_to_get}"
+      )
   elif source == "folder":
     location = _locate_folder(name, root)
     if location is None:
       looked = " or ".join(f"{how}={str(r)!r}" for r, how in _roots(root))
       raise ValueError(
-          f"source='folder': no image folder for dataset {name!r} in "
-          f"{looked or 'data_dir (not given, nor $' + DATA_DIR_ENV_VAR + ')'}"
-          ": data_dir must be a folder, or a .tar.gz, holding train/<class>/ "
-          "and test/<class>/ images.")
+        f"source='folder': no image folder for dataset {name!r} in "
+        f"{looked or 'data_dir (not given, nor $' + DATA_DIR_ENV_VAR + ')'}"
+        ": data_dir must be a folder, or a .tar.gz, holding train/<class>/ "
+        "and test/<class>/ images."
+      )
 
   if source == "tfds":
     splits = _load_tfds(name, location)
     where = "" if location is None else f":{location}"
-    description = f"{info.title} (TFDS {info.tfds_name!r}) from " + str(
-        _tfds_dir(location))
+    description = f"{info.title} (TFDS {info.tfds_name!r}) from " + str(_tfds_dir(location))
   elif source == "files":
     splits = _load_files(name, location)
     where = f":{location}"
@@ -628,9 +666,12 @@ def load_dataset(name: str, *, source: str = "auto",
     splits = _load_sample()
     where = ""
     description = _sample_description(splits)
-    logging.warning("Using the MNIST SAMPLE shipped with random_bases, NOT "
-                    "the full dataset: accuracies are not comparable with the "
-                    "paper. Data: %s.", description)
+    logging.warning(
+      "Using the MNIST SAMPLE shipped with random_bases, NOT "
+      "the full dataset: accuracies are not comparable with the "
+      "paper. Data: %s.",
+      description,
+    )
   is_sample = source == "sample"
 
   train_x, train_y = splits["train"]
@@ -638,14 +679,18 @@ def load_dataset(name: str, *, source: str = "auto",
     cap = int(SAMPLE_MAX_HOLDOUT_FRACTION * len(train_y))
     if holdout_size > cap:
       logging.warning(
-          "holdout_size=%d is too large for the %d-image sample; clipped to "
-          "%d (%d%% of the sample's training images).", holdout_size,
-          len(train_y), cap, round(100 * SAMPLE_MAX_HOLDOUT_FRACTION))
+        "holdout_size=%d is too large for the %d-image sample; clipped to "
+        "%d (%d%% of the sample's training images).",
+        holdout_size,
+        len(train_y),
+        cap,
+        round(100 * SAMPLE_MAX_HOLDOUT_FRACTION),
+      )
       holdout_size = cap
 
   train_idx, held_idx = holdout_indices(
-      len(train_y), holdout=holdout, holdout_size=holdout_size,
-      holdout_seed=holdout_seed)
+    len(train_y), holdout=holdout, holdout_size=holdout_size, holdout_seed=holdout_seed
+  )
   eval_splits = {}
   if held_idx is not None:
     held_name = "validation" if holdout == "validation" else "heldout"
@@ -653,18 +698,22 @@ def load_dataset(name: str, *, source: str = "auto",
   eval_splits["test"] = splits["test"]
 
   dataset = Dataset(
-      name=name,
-      source=source + where,
-      description=description,
-      is_sample=is_sample,
-      train_images=train_x[train_idx],
-      train_labels=train_y[train_idx],
-      eval_splits=eval_splits,
-      num_classes=info.num_classes,
-      image_shape=info.image_shape,
+    name=name,
+    source=source + where,
+    description=description,
+    is_sample=is_sample,
+    train_images=train_x[train_idx],
+    train_labels=train_y[train_idx],
+    eval_splits=eval_splits,
+    num_classes=info.num_classes,
+    image_shape=info.image_shape,
   )
   logging.info(
-      "Loaded %s: %d training images, eval splits %s (holdout=%r, seed=%d).",
-      description, len(dataset.train_labels),
-      {k: len(v[1]) for k, v in eval_splits.items()}, holdout, holdout_seed)
+    "Loaded %s: %d training images, eval splits %s (holdout=%r, seed=%d).",
+    description,
+    len(dataset.train_labels),
+    {k: len(v[1]) for k, v in eval_splits.items()},
+    holdout,
+    holdout_seed,
+  )
   return dataset

@@ -64,6 +64,7 @@ MIN_COMPRESSED_DIM = 10
 @dataclasses.dataclass(frozen=True)
 class Compartment:
   """One contiguous range ``[start, start + size)`` of the flat vector."""
+
   name: str
   start: int
   size: int
@@ -81,6 +82,7 @@ class BasisLayout:
     leaf_order: the order in which leaves are concatenated.
     compartments: the contiguous compartments, in flat-vector order.
   """
+
   treedef: jax.tree_util.PyTreeDef
   paths: tuple[str, ...]
   shapes: tuple[tuple[int, ...], ...]
@@ -101,8 +103,7 @@ class BasisLayout:
   def ravel(self, tree) -> jax.Array:
     """The pytree as one float32 vector, in layout order."""
     leaves = self.treedef.flatten_up_to(tree)
-    return jnp.concatenate(
-        [jnp.ravel(leaves[i]).astype(jnp.float32) for i in self.leaf_order])
+    return jnp.concatenate([jnp.ravel(leaves[i]).astype(jnp.float32) for i in self.leaf_order])
 
   def unravel(self, flat: jax.Array):
     """Inverse of ``ravel``; each leaf gets back its own shape and dtype."""
@@ -136,9 +137,10 @@ def validate_scheme(compartments) -> None:
   elif isinstance(compartments, (int, np.integer)):
     if compartments < 1:
       raise ValueError(
-          f"compartments={compartments} must be >= 1 (the number of even "
-          "slices); allowed values: None, a positive int, 'leaf', 'module', "
-          "or a sequence of regular expressions")
+        f"compartments={compartments} must be >= 1 (the number of even "
+        "slices); allowed values: None, a positive int, 'leaf', 'module', "
+        "or a sequence of regular expressions"
+      )
     return
   elif isinstance(compartments, str):
     if compartments in SCHEMES:
@@ -146,19 +148,19 @@ def validate_scheme(compartments) -> None:
   elif isinstance(compartments, Sequence) and compartments:
     for rule in compartments:
       if not isinstance(rule, str):
-        raise ValueError(
-            f"compartments rule {rule!r} must be a regular-expression string")
+        raise ValueError(f"compartments rule {rule!r} must be a regular-expression string")
       try:
         re.compile(rule)
       except re.error as e:
         raise ValueError(
-            f"compartments rule {rule!r} is not a valid regular expression: "
-            f"{e}") from e
+          f"compartments rule {rule!r} is not a valid regular expression: {e}"
+        ) from e
     return
   raise ValueError(
-      f"compartments={compartments!r} is not supported; allowed values: None, "
-      "a positive int (even slices), 'leaf', 'module', or a non-empty "
-      "sequence of regular expressions over parameter paths")
+    f"compartments={compartments!r} is not supported; allowed values: None, "
+    "a positive int (even slices), 'leaf', 'module', or a non-empty "
+    "sequence of regular expressions over parameter paths"
+  )
 
 
 def validate_allocation(d, allocation: str) -> None:
@@ -166,20 +168,20 @@ def validate_allocation(d, allocation: str) -> None:
   check_choice("allocation", allocation, ALLOCATIONS)
   if isinstance(d, Sequence) and not isinstance(d, str):
     if allocation == "compression":
-      raise ValueError("d must be a single compression factor when "
-                       "allocation='compression', not a sequence")
+      raise ValueError(
+        "d must be a single compression factor when allocation='compression', not a sequence"
+      )
     if not d or any(_not_positive_int(v) for v in d):
-      raise ValueError(f"d={list(d)} must be positive integers, one per "
-                       "compartment")
+      raise ValueError(f"d={list(d)} must be positive integers, one per compartment")
     return
   if allocation == "compression":
     if isinstance(d, bool) or not isinstance(d, (int, float, np.number)) or d <= 0:
-      raise ValueError(f"d={d!r} is read as the compression factor c when "
-                       "allocation='compression' and must be > 0")
+      raise ValueError(
+        f"d={d!r} is read as the compression factor c when allocation='compression' and must be > 0"
+      )
     return
   if _not_positive_int(d):
-    raise ValueError(f"d={d!r} must be a positive integer (the number of "
-                     "random directions)")
+    raise ValueError(f"d={d!r} must be a positive integer (the number of random directions)")
 
 
 def _not_positive_int(v) -> bool:
@@ -206,13 +208,15 @@ def _groups(paths: Sequence[str], compartments) -> list[tuple[str, list[int]]]:
         break
     else:
       raise ValueError(
-          f"compartments: parameter {p!r} is covered by no rule; rules: "
-          f"{list(compartments)}. Add a rule (e.g. '.*') that matches it.")
+        f"compartments: parameter {p!r} is covered by no rule; rules: "
+        f"{list(compartments)}. Add a rule (e.g. '.*') that matches it."
+      )
   for rule, m in zip(compartments, members):
     if not m:
       raise ValueError(
-          f"compartments rule {rule!r} covers no parameter (or only ones an "
-          f"earlier rule took); parameter paths: {list(paths)}")
+        f"compartments rule {rule!r} covers no parameter (or only ones an "
+        f"earlier rule took); parameter paths: {list(paths)}"
+      )
   return [(rule, m) for rule, m in zip(compartments, members)]
 
 
@@ -220,8 +224,7 @@ def allocate(sizes: Sequence[int], d, allocation: str) -> list[int]:
   """Directions per compartment; see the module docstring for the rules."""
   if isinstance(d, Sequence):
     if len(d) != len(sizes):
-      raise ValueError(f"d has {len(d)} entries but there are {len(sizes)} "
-                       "compartments")
+      raise ValueError(f"d has {len(d)} entries but there are {len(sizes)} compartments")
     return [int(v) for v in d]
   if allocation == "fixed":
     return [int(d)] * len(sizes)
@@ -238,8 +241,7 @@ def allocate(sizes: Sequence[int], d, allocation: str) -> list[int]:
   return dims
 
 
-def make_layout(tree, *, d, compartments=None,
-                allocation: str = "proportional") -> BasisLayout:
+def make_layout(tree, *, d, compartments=None, allocation: str = "proportional") -> BasisLayout:
   """Builds the layout for a parameter pytree (shapes only are read).
 
   Args:
@@ -271,8 +273,9 @@ def make_layout(tree, *, d, compartments=None,
 
   if isinstance(compartments, (int, np.integer)) and not isinstance(compartments, bool):
     if compartments > total:
-      raise ValueError(f"compartments={compartments} even slices is more than "
-                       f"the {total} parameters")
+      raise ValueError(
+        f"compartments={compartments} even slices is more than the {total} parameters"
+      )
     base, extra = divmod(total, int(compartments))
     names = [f"slice {k}/{compartments}" for k in range(compartments)]
     slice_sizes = [base + (k < extra) for k in range(compartments)]
@@ -287,16 +290,20 @@ def make_layout(tree, *, d, compartments=None,
   for name, n, k in zip(names, slice_sizes, dims):
     if k <= 0:
       raise ValueError(
-          f"compartment {name!r} ({n} parameters) gets d_k={k} directions; "
-          f"every compartment needs d_k >= 1: raise d (now {d}), use "
-          "allocation='fixed', or use fewer compartments")
+        f"compartment {name!r} ({n} parameters) gets d_k={k} directions; "
+        f"every compartment needs d_k >= 1: raise d (now {d}), use "
+        "allocation='fixed', or use fewer compartments"
+      )
     if k > n:
       raise ValueError(
-          f"compartment {name!r} ({n} parameters) gets d_k={k} directions; "
-          f"every compartment needs d_k <= n_k, its number of parameters: "
-          f"lower d (now {d}), use fewer compartments, or use "
-          "allocation='compression', which caps d_k at n_k")
+        f"compartment {name!r} ({n} parameters) gets d_k={k} directions; "
+        f"every compartment needs d_k <= n_k, its number of parameters: "
+        f"lower d (now {d}), use fewer compartments, or use "
+        "allocation='compression', which caps d_k at n_k"
+      )
   starts = np.concatenate([[0], np.cumsum(slice_sizes)[:-1]]).astype(int)
-  comps = tuple(Compartment(name, int(s), int(n), int(k))
-                for name, s, n, k in zip(names, starts, slice_sizes, dims))
+  comps = tuple(
+    Compartment(name, int(s), int(n), int(k))
+    for name, s, n, k in zip(names, starts, slice_sizes, dims)
+  )
   return BasisLayout(treedef, paths, shapes, dtypes, leaf_order, comps)

@@ -65,14 +65,22 @@ def base_key(seed) -> jax.Array:
     return jax.random.key(int(seed))
   if isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key):
     return seed
-  if (isinstance(seed, (jax.Array, np.ndarray)) and seed.shape == ()
-      and jnp.issubdtype(seed.dtype, jnp.integer)):
+  if (
+    isinstance(seed, (jax.Array, np.ndarray))
+    and seed.shape == ()
+    and jnp.issubdtype(seed.dtype, jnp.integer)
+  ):
     return jax.random.key(seed)
-  if (isinstance(seed, (jax.Array, np.ndarray)) and seed.dtype == np.uint32
-      and seed.shape[-1:] == (2,)):
+  if (
+    isinstance(seed, (jax.Array, np.ndarray))
+    and seed.dtype == np.uint32
+    and seed.shape[-1:] == (2,)
+  ):
     return jax.random.wrap_key_data(seed)
-  raise ValueError(f"seed={seed!r} must be an int (or integer scalar array), "
-                   "a typed PRNG key (jax.random.key) or raw uint32[2] key data")
+  raise ValueError(
+    f"seed={seed!r} must be an int (or integer scalar array), "
+    "a typed PRNG key (jax.random.key) or raw uint32[2] key data"
+  )
 
 
 def compartment_key(seed, *, step, worker, compartment) -> jax.Array:
@@ -136,17 +144,29 @@ def _unit_interval_open_left(bits: jax.Array) -> jax.Array:
 # below are of the fits, tests/test_generators.py checks the float32 code.
 
 # log2(1 + f) = f P(f) on [sqrt(1/2) - 1, sqrt(2) - 1], relative error 2.6e-8.
-_LOG2_1P_OVER_F = tuple(np.float32(c) for c in (
-    1.4426950216293335, -0.7213473320007324, 0.48091062903404236,
-    -0.3607036769390106, 0.28791624307632446, -0.23894482851028442,
-    0.21571563184261322, -0.20726971328258514, 0.12583690881729126))
+_LOG2_1P_OVER_F = tuple(
+  np.float32(c)
+  for c in (
+    1.4426950216293335,
+    -0.7213473320007324,
+    0.48091062903404236,
+    -0.3607036769390106,
+    0.28791624307632446,
+    -0.23894482851028442,
+    0.21571563184261322,
+    -0.20726971328258514,
+    0.12583690881729126,
+  )
+)
 # sin(pi/4 w) = w S(w^2) on [0, 1], relative error 3.2e-9.
-_SIN_QUARTER_PI_OVER_W = tuple(np.float32(c) for c in (
-    0.7853981852531433, -0.08074543625116348, 0.00249000103212893,
-    -3.595047746784985e-05))
+_SIN_QUARTER_PI_OVER_W = tuple(
+  np.float32(c)
+  for c in (0.7853981852531433, -0.08074543625116348, 0.00249000103212893, -3.595047746784985e-05)
+)
 # cos(pi/4 w) = C(w^2) on [0, 1], absolute error 2.8e-8 (cos >= 0.707 there).
-_COS_QUARTER_PI = tuple(np.float32(c) for c in (
-    1.0, -0.3084242641925812, 0.015849916264414787, -0.0003188807750120759))
+_COS_QUARTER_PI = tuple(
+  np.float32(c) for c in (1.0, -0.3084242641925812, 0.015849916264414787, -0.0003188807750120759)
+)
 _MINUS_TWO_LN2 = np.float32(-2.0 * math.log(2.0))
 _SQRT_HALF_BITS = np.uint32(0x3F3504F3)  # float32 sqrt(1/2)
 _ONE_BITS = np.uint32(0x3F800000)  # float32 1.0
@@ -178,7 +198,8 @@ def _minus_two_log(u: jax.Array) -> jax.Array:
   shifted = jax.lax.bitcast_convert_type(u, jnp.uint32) + (_ONE_BITS - _SQRT_HALF_BITS)
   exponent = ((shifted >> 23).astype(jnp.int32) - 127).astype(jnp.float32)
   mantissa = jax.lax.bitcast_convert_type(
-      (shifted & np.uint32(0x7FFFFF)) + _SQRT_HALF_BITS, jnp.float32)
+    (shifted & np.uint32(0x7FFFFF)) + _SQRT_HALF_BITS, jnp.float32
+  )
   f = mantissa - 1.0  # exact
   return _MINUS_TWO_LN2 * (exponent + f * _polynomial(_LOG2_1P_OVER_F, f))
 
@@ -214,8 +235,7 @@ def _unit_circle(bits: jax.Array) -> tuple[jax.Array, jax.Array]:
   return _flip_sign(x, bits << 31), _flip_sign(y, bits << 30)
 
 
-def _box_muller(radius_bits: jax.Array, angle_bits: jax.Array
-                ) -> tuple[jax.Array, jax.Array]:
+def _box_muller(radius_bits: jax.Array, angle_bits: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Two independent N(0, 1) from two words: r (cos a, sin a), r^2 = -2 ln u.
 
   u has 24 bits, so r <= sqrt(2 ln 2^24) = 5.77: the exact transform exceeds
@@ -235,8 +255,7 @@ def _hash_sample(keys: jax.Array, n: int, distribution: str) -> jax.Array:
     # half + i.
     half = (n + 1) // 2
     counters = jnp.arange(half, dtype=jnp.uint32)
-    x, y = _box_muller(hash_bits(words, 2 * counters),
-                       hash_bits(words, 2 * counters + 1))
+    x, y = _box_muller(hash_bits(words, 2 * counters), hash_bits(words, 2 * counters + 1))
     return jnp.concatenate([x, y], axis=-1)[:, :n]
   bits = hash_bits(words, jnp.arange(n, dtype=jnp.uint32))
   if distribution == "uniform":
@@ -255,8 +274,9 @@ def _threefry_sample(keys: jax.Array, n: int, distribution: str) -> jax.Array:
   return jax.vmap(draw)(keys)
 
 
-def sample_rows(keys: jax.Array, n: int, *, distribution: str = "normal",
-                generator: str = DEFAULT_GENERATOR) -> jax.Array:
+def sample_rows(
+  keys: jax.Array, n: int, *, distribution: str = "normal", generator: str = DEFAULT_GENERATOR
+) -> jax.Array:
   """Raw (unscaled) directions, one row per key.
 
   Args:
@@ -270,8 +290,7 @@ def sample_rows(keys: jax.Array, n: int, *, distribution: str = "normal",
   """
   check_choice("distribution", distribution, DISTRIBUTIONS)
   check_choice("generator", generator, GENERATORS)
-  return _compiled_sample(keys, n=n, distribution=distribution,
-                          generator=generator)
+  return _compiled_sample(keys, n=n, distribution=distribution, generator=generator)
 
 
 # XLA contracts a * b + c into one fused multiply-add inside a fused kernel,
@@ -287,8 +306,7 @@ def sample_rows(keys: jax.Array, n: int, *, distribution: str = "normal",
 # contracted the same way in every kernel (tests/test_generators.py checks
 # odd and tiny shapes inside the optimiser's loops).
 @functools.partial(jax.jit, static_argnames=("n", "distribution", "generator"))
-def _compiled_sample(keys: jax.Array, *, n: int, distribution: str,
-                     generator: str) -> jax.Array:
+def _compiled_sample(keys: jax.Array, *, n: int, distribution: str, generator: str) -> jax.Array:
   sample = _hash_sample if generator == "hash" else _threefry_sample
   return jax.lax.optimization_barrier(sample(keys, n, distribution))
 
@@ -313,15 +331,19 @@ def row_scale(rows: jax.Array, *, normalize: str, distribution: str) -> jax.Arra
   return jnp.ones(rows.shape[:-1], jnp.float32)
 
 
-def materialize_directions(key: jax.Array, rows: jax.Array, n: int, *,
-               distribution: str = "normal", normalize: str = "norm",
-               generator: str = DEFAULT_GENERATOR) -> jax.Array:
+def materialize_directions(
+  key: jax.Array,
+  rows: jax.Array,
+  n: int,
+  *,
+  distribution: str = "normal",
+  normalize: str = "norm",
+  generator: str = DEFAULT_GENERATOR,
+) -> jax.Array:
   """The scaled directions ``rows`` of the basis keyed by ``key``: [len(rows), n].
 
   This materialises the rows asked for; the optimiser never asks for more
   than one block at a time. Use it for inspection and dense references.
   """
-  raw = sample_rows(row_keys(key, rows), n, distribution=distribution,
-                    generator=generator)
-  return raw * row_scale(raw, normalize=normalize,
-                         distribution=distribution)[:, None]
+  raw = sample_rows(row_keys(key, rows), n, distribution=distribution, generator=generator)
+  return raw * row_scale(raw, normalize=normalize, distribution=distribution)[:, None]

@@ -33,15 +33,22 @@ def centered_ranks(losses: jax.Array) -> jax.Array:
   """u_n = rank_n/(d - 1) - 0.5 with the highest loss ranked 0 (u = -0.5)."""
   d = losses.shape[0]
   order = jnp.argsort(-losses)  # worst first
-  ranks = jnp.zeros((d,), jnp.float32).at[order].set(
-      jnp.arange(d, dtype=jnp.float32))
+  ranks = jnp.zeros((d,), jnp.float32).at[order].set(jnp.arange(d, dtype=jnp.float32))
   return ranks / max(d - 1, 1) - 0.5
 
 
-def nes_gradient(loss_fn, params, *, key, d: int, sigma: float = 0.01,
-                 antithetic: bool = False, fitness: str = "raw",
-                 generator: str = dirs.DEFAULT_GENERATOR,
-                 block_rows: int | None = None):
+def nes_gradient(
+  loss_fn,
+  params,
+  *,
+  key,
+  d: int,
+  sigma: float = 0.01,
+  antithetic: bool = False,
+  fitness: str = "raw",
+  generator: str = dirs.DEFAULT_GENERATOR,
+  block_rows: int | None = None,
+):
   r"""Estimates the gradient of ``loss_fn`` at ``params`` with d forward passes.
 
   .. math::
@@ -82,10 +89,15 @@ def nes_gradient(loss_fn, params, *, key, d: int, sigma: float = 0.01,
 
   layout = comp_lib.make_layout(params, d=1)
   num_directions = d // 2 if antithetic else d
-  basis = projection.Basis(dirs.base_key(key), n=layout.size, dim=num_directions,
-                           distribution="normal", normalize="none",
-                           generator=generator,
-                           block_rows=block_rows or min(num_directions, 32))
+  basis = projection.Basis(
+    dirs.base_key(key),
+    n=layout.size,
+    dim=num_directions,
+    distribution="normal",
+    normalize="none",
+    generator=generator,
+    block_rows=block_rows or min(num_directions, 32),
+  )
   theta = layout.ravel(params)
 
   def loss_at(flat):
@@ -95,6 +107,7 @@ def nes_gradient(loss_fn, params, *, key, d: int, sigma: float = 0.01,
     def coordinate_fn(raw, scale):
       del scale  # unnormalised directions
       return jax.vmap(lambda phi: loss_at(theta + sign * sigma * phi))(raw)
+
     return projection.project(basis, coordinate_fn)
 
   losses = losses_along(1.0)

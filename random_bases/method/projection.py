@@ -70,6 +70,7 @@ class Basis:
     block_rows: directions generated at a time; None picks
       ``default_block_rows(n, dim)``. Never more than ``dim``.
   """
+
   key: jax.Array | None
   _: dataclasses.KW_ONLY
   n: int
@@ -92,11 +93,13 @@ class Basis:
   def block(self, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Raw rows [B, n], their scales [B], and which rows exist (< dim)."""
     rows = b * self.block_rows + jnp.arange(self.block_rows)
-    raw = dirs.sample_rows(dirs.row_keys(self.key, rows), self.n,
-                           distribution=self.distribution,
-                           generator=self.generator)
-    scale = dirs.row_scale(raw, normalize=self.normalize,
-                           distribution=self.distribution)
+    raw = dirs.sample_rows(
+      dirs.row_keys(self.key, rows),
+      self.n,
+      distribution=self.distribution,
+      generator=self.generator,
+    )
+    scale = dirs.row_scale(raw, normalize=self.normalize, distribution=self.distribution)
     return raw, scale, rows < self.dim
 
   def blocks_of(self, coords: jax.Array) -> jax.Array:
@@ -114,18 +117,22 @@ class Basis:
 
 def matvec_coordinates(g: jax.Array) -> CoordinateFn:
   """Reverse mode: c_i = <g, phi_i> from the gradient g."""
+
   def coordinate_fn(raw, scale):
     return jnp.dot(raw, g, precision=jax.lax.Precision.HIGHEST) * scale
+
   return coordinate_fn
 
 
 def project(basis: Basis, coordinate_fn: CoordinateFn) -> jax.Array:
   """Coordinates c [dim] of every direction of ``basis``."""
+
   def body(_, b):
     raw, scale, valid = basis.block(b)
     return None, jnp.where(valid, coordinate_fn(raw, scale), 0.0)
+
   _, c = jax.lax.scan(body, None, jnp.arange(basis.num_blocks))
-  return c.reshape(-1)[:basis.dim]
+  return c.reshape(-1)[: basis.dim]
 
 
 def expand(basis: Basis, coords: jax.Array, out: jax.Array | None = None) -> jax.Array:
@@ -137,20 +144,20 @@ def expand(basis: Basis, coords: jax.Array, out: jax.Array | None = None) -> jax
     raw, scale, _ = basis.block(b)
     weights = basis.expansion_weights(c, scale)
     return u + jnp.dot(weights, raw, precision=jax.lax.Precision.HIGHEST), None
-  u, _ = jax.lax.scan(body, out, (jnp.arange(basis.num_blocks),
-                                  basis.blocks_of(coords)))
+
+  u, _ = jax.lax.scan(body, out, (jnp.arange(basis.num_blocks), basis.blocks_of(coords)))
   return u
 
 
-def project_and_expand(basis: Basis, coordinate_fn: CoordinateFn
-                       ) -> tuple[jax.Array, jax.Array]:
+def project_and_expand(basis: Basis, coordinate_fn: CoordinateFn) -> tuple[jax.Array, jax.Array]:
   """(c, Phi^T c) in one pass: each block is generated once and used twice."""
+
   def body(u, b):
     raw, scale, valid = basis.block(b)
     c = jnp.where(valid, coordinate_fn(raw, scale), 0.0)
     weights = basis.expansion_weights(c, scale)
     u = u + jnp.dot(weights, raw, precision=jax.lax.Precision.HIGHEST)
     return u, c
-  u, c = jax.lax.scan(body, jnp.zeros((basis.n,), jnp.float32),
-                      jnp.arange(basis.num_blocks))
-  return c.reshape(-1)[:basis.dim], u
+
+  u, c = jax.lax.scan(body, jnp.zeros((basis.n,), jnp.float32), jnp.arange(basis.num_blocks))
+  return c.reshape(-1)[: basis.dim], u

@@ -29,6 +29,7 @@ class ParamsSignature:
   nothing under ``jit``, is not written to checkpoints, and is known at trace
   time.
   """
+
   treedef: jax.tree_util.PyTreeDef
   paths: tuple[str, ...]
   shapes: tuple[tuple[int, ...], ...]
@@ -36,8 +37,11 @@ class ParamsSignature:
   @classmethod
   def of(cls, tree) -> ParamsSignature:
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    return cls(treedef, tuple(comp_lib.path_string(p) for p, _ in with_paths),
-               tuple(tuple(np.shape(x)) for _, x in with_paths))
+    return cls(
+      treedef,
+      tuple(comp_lib.path_string(p) for p, _ in with_paths),
+      tuple(tuple(np.shape(x)) for _, x in with_paths),
+    )
 
 
 # What init records for a tree without leaves. optax.tree.map_params calls
@@ -58,6 +62,7 @@ class ScaleByRandomBasesState(NamedTuple):
       ``init``, so that ``update`` rejects a gradient of another structure or
       shape at trace time (``NO_PARAMETERS`` for a tree without leaves).
   """
+
   count: jax.Array
   param_signature: ParamsSignature | str
 
@@ -78,18 +83,23 @@ def _check_like_init(signature, tree, what: str) -> None:
     return
   if not isinstance(signature, ParamsSignature):
     if received.paths:
-      raise ValueError(f"{what} has parameters {list(received.paths)} but init "
-                       "was given a tree without any")
+      raise ValueError(
+        f"{what} has parameters {list(received.paths)} but init was given a tree without any"
+      )
     return  # no leaves on either side: make_layout says so
   expected_shapes = dict(zip(signature.paths, signature.shapes))
   received_shapes = dict(zip(received.paths, received.shapes))
-  differences = [f"missing {p!r} {s}" for p, s in expected_shapes.items()
-                 if p not in received_shapes]
-  differences += [f"unexpected {p!r} {s}" for p, s in received_shapes.items()
-                  if p not in expected_shapes]
-  differences += [f"{p!r} has shape {received_shapes[p]}, expected {s}"
-                  for p, s in expected_shapes.items()
-                  if p in received_shapes and received_shapes[p] != s]
+  differences = [
+    f"missing {p!r} {s}" for p, s in expected_shapes.items() if p not in received_shapes
+  ]
+  differences += [
+    f"unexpected {p!r} {s}" for p, s in received_shapes.items() if p not in expected_shapes
+  ]
+  differences += [
+    f"{p!r} has shape {received_shapes[p]}, expected {s}"
+    for p, s in expected_shapes.items()
+    if p in received_shapes and received_shapes[p] != s
+  ]
   if not differences:  # the same paths and shapes in other containers
     differences = [f"structure {received.treedef}, expected {signature.treedef}"]
   shown = "; ".join(differences[:8])
@@ -104,17 +114,17 @@ JVP_BLOCK_ROWS = 16
 
 
 def scale_by_random_bases(
-    d,
-    *,
-    seed=0,
-    redraw: bool = True,
-    distribution: str = "normal",
-    normalize: bool | str = True,
-    compartments=None,
-    allocation: str = "proportional",
-    axis_name: str | None = None,
-    generator: str = dirs.DEFAULT_GENERATOR,
-    block_rows: int | None = None,
+  d,
+  *,
+  seed=0,
+  redraw: bool = True,
+  distribution: str = "normal",
+  normalize: bool | str = True,
+  compartments=None,
+  allocation: str = "proportional",
+  axis_name: str | None = None,
+  generator: str = dirs.DEFAULT_GENERATOR,
+  block_rows: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects the gradient onto a random subspace and back.
 
@@ -197,35 +207,34 @@ def scale_by_random_bases(
   References:
     Gressmann, Eaton-Rosen & Luschi, NeurIPS 2020, §3 and Alg. 1.
   """
-  for name, value in (("d", d), ("compartments", compartments),
-                      ("block_rows", block_rows)):
+  for name, value in (("d", d), ("compartments", compartments), ("block_rows", block_rows)):
     if isinstance(value, jax.Array):
       raise ValueError(
-          f"{name}={value!r} must be a Python value, not an array: it sets "
-          f"shapes. With optax.inject_hyperparams, list {name!r} in static_args")
+        f"{name}={value!r} must be a Python value, not an array: it sets "
+        f"shapes. With optax.inject_hyperparams, list {name!r} in static_args"
+      )
   comp_lib.validate_allocation(d, allocation)
   comp_lib.validate_scheme(compartments)
   check_choice("distribution", distribution, dirs.DISTRIBUTIONS)
   check_choice("generator", generator, dirs.GENERATORS)
   normalize_mode = _normalize_mode(normalize)
-  if block_rows is not None and (isinstance(block_rows, bool) or
-                                 not isinstance(block_rows, int) or block_rows < 1):
+  if block_rows is not None and (
+    isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1
+  ):
     raise ValueError(f"block_rows={block_rows!r} must be None or an int >= 1")
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name={axis_name!r} must be None or a string")
   dirs.base_key(seed)  # rejects seeds that are neither integers nor keys
 
   def layout_of(tree):
-    return comp_lib.make_layout(tree, d=d, compartments=compartments,
-                                allocation=allocation)
+    return comp_lib.make_layout(tree, d=d, compartments=compartments, allocation=allocation)
 
   def init_fn(params):
     count = jnp.zeros([], jnp.int32)
     if not jax.tree.leaves(params):  # e.g. optax.tree.map_params's placeholder
       return ScaleByRandomBasesState(count=count, param_signature=NO_PARAMETERS)
     layout_of(params)
-    return ScaleByRandomBasesState(count=count,
-                                   param_signature=ParamsSignature.of(params))
+    return ScaleByRandomBasesState(count=count, param_signature=ParamsSignature.of(params))
 
   def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
     del extra_args  # other transformations' extra arguments
@@ -236,51 +245,67 @@ def scale_by_random_bases(
       layout = layout_of(params)
     else:
       if updates is None:
-        raise ValueError("updates is None: pass the gradient, or pass "
-                         "value_fn=loss_of_params and params for forward mode")
+        raise ValueError(
+          "updates is None: pass the gradient, or pass "
+          "value_fn=loss_of_params and params for forward mode"
+        )
       _check_like_init(state.param_signature, updates, "updates")
       layout = layout_of(updates)
     step = state.count if redraw else jnp.zeros([], jnp.int32)
 
     if value_fn is None:
       g = layout.ravel(updates)
-      coordinate_fns = [projection.matvec_coordinates(g[c.start:c.start + c.size])
-                        for c in layout.compartments]
+      coordinate_fns = [
+        projection.matvec_coordinates(g[c.start : c.start + c.size]) for c in layout.compartments
+      ]
     else:
-      coordinate_fns = [_jvp_coordinates(value_fn, params, layout, c)
-                        for c in layout.compartments]
+      coordinate_fns = [_jvp_coordinates(value_fn, params, layout, c) for c in layout.compartments]
     rows = block_rows or (JVP_BLOCK_ROWS if value_fn is not None else None)
-    bases = [projection.Basis(None, n=c.size, dim=c.dim, distribution=distribution,
-                              normalize=normalize_mode, generator=generator,
-                              block_rows=rows)
-             for c in layout.compartments]
+    bases = [
+      projection.Basis(
+        None,
+        n=c.size,
+        dim=c.dim,
+        distribution=distribution,
+        normalize=normalize_mode,
+        generator=generator,
+        block_rows=rows,
+      )
+      for c in layout.compartments
+    ]
 
     def basis_for(k, worker):
-      return dataclasses.replace(bases[k], key=dirs.compartment_key(
-          seed, step=step, worker=worker, compartment=k))
+      return dataclasses.replace(
+        bases[k], key=dirs.compartment_key(seed, step=step, worker=worker, compartment=k)
+      )
 
     if axis_name is None:
-      pieces = [projection.project_and_expand(basis_for(k, 0), fn)[1]
-                for k, fn in enumerate(coordinate_fns)]
+      pieces = [
+        projection.project_and_expand(basis_for(k, 0), fn)[1] for k, fn in enumerate(coordinate_fns)
+      ]
     else:
       worker = jax.lax.axis_index(axis_name)
-      coords = jnp.concatenate([projection.project(basis_for(k, worker), fn)
-                                for k, fn in enumerate(coordinate_fns)])
+      coords = jnp.concatenate(
+        [projection.project(basis_for(k, worker), fn) for k, fn in enumerate(coordinate_fns)]
+      )
       every_worker = jax.lax.all_gather(coords, axis_name)  # [K, d]
-      offsets = [sum(c.dim for c in layout.compartments[:k])
-                 for k in range(len(bases))]
+      offsets = [sum(c.dim for c in layout.compartments[:k]) for k in range(len(bases))]
       pieces = []
       for k, basis in enumerate(bases):
+
         def add_worker(w, u, k=k, basis=basis):
           c = jax.lax.dynamic_slice_in_dim(every_worker[w], offsets[k], basis.dim)
           return projection.expand(basis_for(k, w), c, u)
-        pieces.append(jax.lax.fori_loop(
-            0, every_worker.shape[0], add_worker,
-            jnp.zeros((basis.n,), jnp.float32)))
+
+        pieces.append(
+          jax.lax.fori_loop(
+            0, every_worker.shape[0], add_worker, jnp.zeros((basis.n,), jnp.float32)
+          )
+        )
     new_updates = layout.unravel(jnp.concatenate(pieces))
     return new_updates, ScaleByRandomBasesState(
-        count=optax.safe_increment(state.count),
-        param_signature=state.param_signature)
+      count=optax.safe_increment(state.count), param_signature=state.param_signature
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -294,23 +319,25 @@ def _jvp_coordinates(value_fn, params, layout, compartment):
     def along(direction):
       tangent = layout.unravel(jnp.pad(direction, (before, after)))
       return jax.jvp(value_fn, (params,), (tangent,))[1]
+
     return jax.vmap(along)(raw * scale[:, None]).astype(jnp.float32)
+
   return coordinate_fn
 
 
 def rbd(
-    learning_rate: optax.ScalarOrSchedule,
-    d,
-    *,
-    seed=0,
-    redraw: bool = True,
-    distribution: str = "normal",
-    normalize: bool | str = True,
-    compartments=None,
-    allocation: str = "proportional",
-    axis_name: str | None = None,
-    generator: str = dirs.DEFAULT_GENERATOR,
-    block_rows: int | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  d,
+  *,
+  seed=0,
+  redraw: bool = True,
+  distribution: str = "normal",
+  normalize: bool | str = True,
+  compartments=None,
+  allocation: str = "proportional",
+  axis_name: str | None = None,
+  generator: str = dirs.DEFAULT_GENERATOR,
+  block_rows: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Random bases descent: :math:`\theta \leftarrow \theta - \eta P_t P_t^\top g`.
 
@@ -346,26 +373,34 @@ def rbd(
     Gressmann, Eaton-Rosen & Luschi, NeurIPS 2020, Alg. 1.
   """
   return optax.chain(
-      scale_by_random_bases(
-          d, seed=seed, redraw=redraw, distribution=distribution,
-          normalize=normalize, compartments=compartments,
-          allocation=allocation, axis_name=axis_name, generator=generator,
-          block_rows=block_rows),
-      optax.scale_by_learning_rate(learning_rate))
+    scale_by_random_bases(
+      d,
+      seed=seed,
+      redraw=redraw,
+      distribution=distribution,
+      normalize=normalize,
+      compartments=compartments,
+      allocation=allocation,
+      axis_name=axis_name,
+      generator=generator,
+      block_rows=block_rows,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
+  )
 
 
 def fpd(
-    learning_rate: optax.ScalarOrSchedule,
-    d,
-    *,
-    seed=0,
-    distribution: str = "normal",
-    normalize: bool | str = True,
-    compartments=None,
-    allocation: str = "proportional",
-    axis_name: str | None = None,
-    generator: str = dirs.DEFAULT_GENERATOR,
-    block_rows: int | None = None,
+  learning_rate: optax.ScalarOrSchedule,
+  d,
+  *,
+  seed=0,
+  distribution: str = "normal",
+  normalize: bool | str = True,
+  compartments=None,
+  allocation: str = "proportional",
+  axis_name: str | None = None,
+  generator: str = dirs.DEFAULT_GENERATOR,
+  block_rows: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Fixed projection descent: ``rbd`` with ``redraw=False``.
 
@@ -391,7 +426,16 @@ def fpd(
     Li, Farkhoor, Liu & Yosinski, "Measuring the Intrinsic Dimension of
     Objective Landscapes", ICLR 2018.
   """
-  return rbd(learning_rate, d, seed=seed, redraw=False,
-             distribution=distribution, normalize=normalize,
-             compartments=compartments, allocation=allocation,
-             axis_name=axis_name, generator=generator, block_rows=block_rows)
+  return rbd(
+    learning_rate,
+    d,
+    seed=seed,
+    redraw=False,
+    distribution=distribution,
+    normalize=normalize,
+    compartments=compartments,
+    allocation=allocation,
+    axis_name=axis_name,
+    generator=generator,
+    block_rows=block_rows,
+  )

@@ -36,11 +36,12 @@ TRAIN_PER_CLASS = 200
 TEST_PER_CLASS = 100
 
 
-def stratified_indices(labels: np.ndarray, per_class: int,
-                       rng: np.random.Generator) -> np.ndarray:
+def stratified_indices(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
   """`per_class` random indices of each class, in a random overall order."""
-  chosen = [rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False)
-            for c in range(NUM_CLASSES)]
+  chosen = [
+    rng.choice(np.flatnonzero(labels == c), size=per_class, replace=False)
+    for c in range(NUM_CLASSES)
+  ]
   return rng.permutation(np.concatenate(chosen))
 
 
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     arrays[f"{split}_labels"] = labels[idx].astype(np.uint8)  # uint8 keeps the file small
     arrays[f"{split}_indices"] = idx.astype(np.int32)  # position in the full split
   np.savez_compressed(args.out, **arrays)
-  print(f"wrote {args.out}: "
-        + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in arrays.items()))
+  print(f"wrote {args.out}: " + ", ".join(f"{k} {v.shape} {v.dtype}" for k, v in arrays.items()))
 
 
 if __name__ == "__main__":
