@@ -1,0 +1,336 @@
+"""The results writer: a sweep's workdirs -> one markdown table against the paper.
+
+Reads what the runs left (``metrics.jsonl``, ``data.json``, and the runner's
+``reproduce.json``) and writes, for each sweep entry, the paper's value
++- std, ours (mean +- std over seeds, the last epoch of each run), the
+difference, the seeds, the epochs actually run, the rate, the data used and
+the time taken. Nothing here trains or imports jax.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import json
+import math
+import os
+from typing import Any
+
+# Written by experiments/reproduce.py into each run's workdir once the run ends.
+STATUS_FILE = "reproduce.json"
+
+
+@dataclasses.dataclass
+class RunResult:
+  """One seed's run as its workdir holds it (empty ``metrics`` if it has not run)."""
+
+  seed: int
+  workdir: str
+  metrics: list[dict[str, Any]]
+  status: dict[str, Any] | None
+  data: dict[str, Any] | None
+
+  @property
+  def final(self) -> dict[str, Any] | None:
+    return self.metrics[-1] if self.metrics else None
+
+
+@dataclasses.dataclass
+class Row:
+  """A sweep entry and its runs, one per seed."""
+
+  entry: dict[str, Any]
+  runs: list[RunResult]
+
+  @property
+  def name(self) -> str:
+    return self.entry["name"]
+
+  def finals(self) -> list[RunResult]:
+    return [run for run in self.runs if run.final is not None]
+
+  def values(self, metric: str) -> list[float]:
+    """The metric's last-epoch value of every run that has it (missing or null skipped)."""
+    return [run.final[metric] for run in self.finals() if run.final.get(metric) is not None]
+
+
+def _read_json(path: str) -> dict | None:
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """The lines of a metrics.jsonl; a line cut off by a crash is skipped."""
+  if not os.path.exists(path):
+    return []
+  rows = []
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
+def read_run(workdir: str, seed: int) -> RunResult:
+  return RunResult(
+    seed=seed,
+    workdir=workdir,
+    metrics=read_metrics(os.path.join(workdir, "metrics.jsonl")),
+    status=_read_json(os.path.join(workdir, STATUS_FILE)),
+    data=_read_json(os.path.join(workdir, "data.json")),
+  )
+
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+  """Mean and sample std (n - 1); the std is None for fewer than two values."""
+  mean = sum(values) / len(values)
+  if len(values) < 2:
+    return mean, None
+  var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+  return mean, math.sqrt(var)
+
+
+# --- formatting -------------------------------------------------------------
+
+
+def _scale(column: dict) -> float:
+  return 100.0 if column.get("percent") else 1.0
+
+
+def _digits(column: dict) -> int:
+  return column.get("digits", 2 if column.get("percent") else 3)
+
+
+def _number(value: float, digits: int, signed: bool = False) -> str:
+  text = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+  return text.replace("-", "\u2212")
+
+
+def format_paper(value: tuple[float, float | None] | None) -> str:
+  """The paper's ``(mean, std)`` as printed there."""
+  if value is None:
+    return "\u2014"
+  mean, std = value
+  return f"{mean:g}" if std is None else f"{mean:g} \u00b1 {std:g}"
+
+
+def ours(row: Row, column: dict) -> tuple[float, float | None] | None:
+  """Our value of ``column`` in the column's units: mean over seeds, and its +-.
+
+  The +- is the std over seeds, or, for a column with a ``spread`` metric
+  (the correlation's std over tensors and steps), that metric's mean.
+  """
+  values = row.values(column["metric"])
+  if not values:
+    return None
+  scale = _scale(column)
+  mean, std = mean_std([v * scale for v in values])
+  if "spread" in column:
+    spreads = row.values(column["spread"])
+    std = sum(spreads) / len(spreads) * scale if spreads else None
+  return mean, std
+
+
+def format_ours(value: tuple[float, float | None] | None, digits: int) -> str:
+  if value is None:
+    return "\u2014"
+  mean, std = value
+  text = _number(mean, digits)
+  return text if std is None else f"{text} \u00b1 {_number(std, digits)}"
+
+
+def format_seconds(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  if hours:
+    return f"{hours}h{rest // 60:02d}m"
+  return f"{rest // 60}m{rest % 60:02d}s"
+
+
+def epochs_text(row: Row, notes: list[str]) -> str:
+  """Epochs done per seed ("3" when all agree); a run that stopped gets * and a note."""
+  texts = []
+  for run in row.runs:
+    status = run.status or {}
+    epoch = run.final["epoch"] if run.final else None
+    if status.get("status") in ("stopped", "diverged"):
+      notes.append(
+        f"{row.name}, seed {run.seed}: {status['status']} after epoch "
+        f"{epoch or 0}: {status.get('reason')}"
+      )
+      texts.append(f"{epoch or 0}*")
+    else:
+      texts.append("\u2013" if epoch is None else str(epoch))
+  return texts[0] if len(set(texts)) == 1 else ", ".join(texts)
+
+
+def seeds_text(row: Row) -> str:
+  """The seeds that ran (ended, or have epochs)."""
+  seeds = [str(run.seed) for run in row.runs if run.final is not None or run.status]
+  return ", ".join(seeds) or "not run"
+
+
+def data_label(run: RunResult) -> str:
+  """The data in a few words: the description's head, e.g. "CIFAR-10 (JPEG re-encoding)"."""
+  data = run.data or {}
+  if data.get("description"):
+    return data["description"].split(" from ")[0]
+  if data.get("sample"):
+    return f"{data.get('dataset')} SAMPLE"
+  if data:  # no description recorded: the source's kind and file or folder name
+    kind, _, where = data.get("source", "?").partition(":")
+    return f"{data.get('dataset')} ({kind} {os.path.basename(where)})".replace(" )", ")")
+  return "?"
+
+
+def time_text(row: Row) -> str:
+  """Wall time of the row's runs; "≥" when a run's time is known only from its epochs."""
+  total, lower_bound, counted = 0.0, False, False
+  for run in row.runs:
+    if run.status and "wall_seconds" in run.status:
+      total += run.status["wall_seconds"]
+    elif run.metrics:
+      total += sum(m.get("train_seconds", 0) + m.get("eval_seconds", 0) for m in run.metrics)
+      lower_bound = True
+    else:
+      continue
+    counted = True
+  if not counted:
+    return "\u2014"
+  return ("\u2265 " if lower_bound else "") + format_seconds(total)
+
+
+def table(rows: list[Row], columns: list[dict]) -> tuple[list[str], list[str]]:
+  """The markdown table's lines, and the notes its cells refer to."""
+  notes: list[str] = []
+  with_paper = {
+    c["metric"] for c in columns if any(c["metric"] in r.entry.get("paper", {}) for r in rows)
+  }
+  head = ["run"]
+  for c in columns:
+    if c["metric"] in with_paper:
+      head += [f"paper {c['label']}", f"ours {c['label']}", "\u0394"]
+    else:
+      head.append(f"ours {c['label']}")
+  head += ["seeds", "epochs", "rate", "data", "time"]
+  lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+  for row in rows:
+    cells = [row.name]
+    for c in columns:
+      value = ours(row, c)
+      digits = _digits(c)
+      if c["metric"] in with_paper:
+        paper = row.entry.get("paper", {}).get(c["metric"])
+        delta = (
+          "\u2014"
+          if paper is None or value is None
+          else _number(value[0] - paper[0], digits, signed=True)
+        )
+        cells += [format_paper(paper), format_ours(value, digits), delta]
+      else:
+        cells.append(format_ours(value, digits))
+    finals = row.finals()
+    cells.append(seeds_text(row))
+    cells.append(epochs_text(row, notes))
+    cells.append(row.entry.get("rate", "\u2014"))
+    cells.append(", ".join(sorted({data_label(r) for r in finals})) or "\u2014")
+    cells.append(time_text(row))
+    lines.append("| " + " | ".join(cells) + " |")
+  return lines, notes
+
+
+def contrasts(rows: list[Row], specs: list[dict]) -> list[str]:
+  """ "a - b" per spec: ours as the mean +- std of per-seed differences, beside the paper's."""
+  by_name = {row.name: row for row in rows}
+  lines = []
+  for spec in specs:
+    a, b = by_name[spec["a"]], by_name[spec["b"]]
+    column = {"metric": spec["metric"], "percent": True}
+    finals_b = {run.seed: run.final for run in b.finals()}
+    differences = [
+      100 * (run.final[spec["metric"]] - finals_b[run.seed][spec["metric"]])
+      for run in a.finals()
+      if run.seed in finals_b
+    ]
+    value = mean_std(differences) if differences else None
+    lines.append(
+      f"- {spec['a']} \u2212 {spec['b']} ({spec['metric'].replace('_', ' ')}, "
+      f"points): ours {format_ours(value, _digits(column))} over "
+      f"{len(differences)} seed(s); paper {format_paper(spec['paper'])}"
+    )
+  return lines
+
+
+def data_sources(rows: list[Row]) -> list[str]:
+  """Every distinct data the runs used, with where it came from."""
+  found = {}
+  for row in rows:
+    for run in row.finals():
+      data = run.data or {}
+      text = data.get("description") or data.get("source")
+      if text:
+        found[text] = data.get("images")
+  return [
+    f"- {text}" + (f" (images: {images})" if images else "")
+    for text, images in sorted(found.items())
+  ]
+
+
+def code_of_runs(statuses: list[dict | None]) -> str:
+  """The code versions the runs were trained with (from their status files), counted."""
+  counts = collections.Counter(status.get("code", "not recorded") for status in statuses if status)
+  return (
+    "; ".join(f"{code} ({n} run{'s' * (n > 1)})" for code, n in counts.items())
+    or "no run has ended yet"
+  )
+
+
+def head(report: dict, header: list[tuple[str, str]], statuses: list[dict | None]) -> list[str]:
+  """Title, scale, the runner's header lines, when this was written and with what code.
+
+  Args:
+    report: the config's report (title, scale).
+    header: ``(label, text)`` lines (command, seeds, ...).
+    statuses: the status files of the runs behind the results (none: no runs).
+  """
+  now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+  items = [*header, ("Written", now)]
+  if statuses:
+    items.append(("Code of the runs", code_of_runs(statuses)))
+  return [f"# {report['title']}", "", f"**Scale: {report['scale']}**", ""] + [
+    f"- {label}: {text}" for label, text in items
+  ]
+
+
+def markdown(*, report: dict, rows: list[Row], header: list[tuple[str, str]]) -> str:
+  """The whole results file.
+
+  Args:
+    report: the config's ``report(arg)`` (title, scale, columns, contrasts, notes).
+    rows: one per sweep entry.
+    header: ``(label, text)`` lines printed under the title (command, seeds, ...).
+  """
+  lines = head(report, header, [run.status for row in rows for run in row.runs])
+  lines.append("")
+  body, notes = table(rows, report["columns"])
+  lines += body
+  lines.append("")
+  if report.get("contrasts"):
+    lines += ["Differences:", ""] + contrasts(rows, report["contrasts"]) + [""]
+  sources = data_sources(rows)
+  if sources:
+    lines += ["Data used:", ""] + sources + [""]
+  explained = [
+    "ours: the last epoch of each seed's run, mean \u00b1 sample std over seeds "
+    "(no \u00b1 with one seed); \u0394 = ours \u2212 paper.",
+    "epochs: epochs done per seed; * = stopped early (below). time: wall time of "
+    "the sessions that finished the runs, loading and compiling included (\u2265: "
+    "a run not finished yet, its epochs' train and eval time only).",
+  ]
+  lines += ["Notes:", ""] + [f"- {n}" for n in [*report.get("notes", []), *explained, *notes]]
+  return "\n".join(lines) + "\n"
