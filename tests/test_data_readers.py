@@ -131,9 +131,10 @@ def test_png_folder_is_read_exactly(tmp_path, as_archive):
   want = _relabel(expected, folder.classes)
   for split in ("train", "test"):
     images, labels = folder.splits[split]
+    order = readers.folder_split_order(len(labels))
     assert images.dtype == np.uint8 and labels.dtype == np.int32
-    np.testing.assert_array_equal(images, want[split][0])
-    np.testing.assert_array_equal(labels, want[split][1])
+    np.testing.assert_array_equal(images, want[split][0][order])
+    np.testing.assert_array_equal(labels, want[split][1][order])
 
 
 def test_jpeg_folder_with_explicit_class_order(tmp_path):
@@ -145,22 +146,35 @@ def test_jpeg_folder_with_explicit_class_order(tmp_path):
   for split_index, split in enumerate(("train", "test")):
     images, labels = folder.splits[split]
     count = {"train": 3, "test": 2}[split]
-    assert labels.tolist() == [label for label in range(3) for _ in range(count)]
-    for k, (image, label) in enumerate(zip(images, labels)):
+    ranks = readers.folder_split_order(len(labels))
+    assert labels.tolist() == [ranks_label // count for ranks_label in ranks]
+    for rank, image, label in zip(ranks, images, labels):
       written_label = CLASSES.index(order[label])
-      colour = data_fakes.jpeg_colour(split_index, written_label, k % count)
+      colour = data_fakes.jpeg_colour(split_index, written_label, rank % count)
       np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), colour, atol=2)
+
+
+def test_folder_splits_are_shuffled_so_prefixes_are_fair_samples(tmp_path):
+  # Folders group images by class; without the shuffle the first images of
+  # a split (train.eval_examples) were all one class.
+  data_fakes.write_image_tree(tmp_path, classes=CLASSES)
+  folder = readers.read_image_folder(tmp_path, image_shape=(32, 32, 3))
+  labels = folder.splits["train"][1]
+  assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+  assert labels.tolist() != sorted(labels.tolist())
 
 
 def test_greyscale_folder(tmp_path):
   expected = data_fakes.write_image_tree(tmp_path, classes=("0", "1"), shape=(28, 28, 1))
   folder = readers.read_image_folder(tmp_path, image_shape=(28, 28, 1))
-  np.testing.assert_array_equal(folder.splits["test"][0], expected["test"][0])
+  order = readers.folder_split_order(len(expected["test"][1]))
+  np.testing.assert_array_equal(folder.splits["test"][0], expected["test"][0][order])
   # An RGB image where greyscale is expected is converted, not refused.
   Image.new("RGB", (28, 28), (90, 90, 90)).save(tmp_path / "train/1/rgb.png")
   folder = readers.read_image_folder(tmp_path, image_shape=(28, 28, 1))
   assert folder.splits["train"][0].shape == (7, 28, 28, 1)
-  assert np.all(folder.splits["train"][0][-1] == 90)
+  last_rank = int(np.argmax(readers.folder_split_order(7)))  # rgb.png sorts last
+  assert np.all(folder.splits["train"][0][last_rank] == 90)
 
 
 def _tree(tmp_path):

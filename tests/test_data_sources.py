@@ -311,9 +311,15 @@ def test_auto_does_not_touch_tfds_when_it_has_nothing(tmp_path):
 
 
 def _cifar_tree(root, **kw):
-  return data_fakes.write_image_tree(
+  """Writes a small CIFAR-10 tree; returns its splits in the reader's shuffled order."""
+  written = data_fakes.write_image_tree(
     root, classes=data_fakes.CIFAR10_CLASSES, counts={"train": 2, "test": 1}, **kw
   )
+  shuffled = {}
+  for split, (images, labels) in written.items():
+    order = readers.folder_split_order(len(labels))
+    shuffled[split] = (images[order], labels[order])
+  return shuffled
 
 
 def test_folder_source_holdout_and_description(tmp_path):

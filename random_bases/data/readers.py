@@ -29,6 +29,8 @@ CIFAR_TEST_BATCH = "test_batch"
 CIFAR_SUBDIR = "cifar-10-batches-py"
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+# The fixed shuffle of each split of an image folder (see read_image_folder).
+FOLDER_SHUFFLE_SEED = 0
 _PIL_FORMATS = ("JPEG", "PNG")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
@@ -323,6 +325,15 @@ def _decode_image(
     raise ValueError(f"Cannot decode image {where()}: {e}") from e
 
 
+def folder_split_order(num_images: int) -> np.ndarray:
+  """Where ``read_image_folder`` puts each image of a split, by (label, file name) rank.
+
+  Returns the permutation: position i of the split holds the image of rank
+  ``order[i]`` in the (label, file name) order.
+  """
+  return np.random.default_rng(FOLDER_SHUFFLE_SEED).permutation(num_images)
+
+
 def read_image_folder(
   path: str | os.PathLike[str],
   *,
@@ -343,7 +354,7 @@ def read_image_folder(
     classes: the class folder names in label order; None sorts the names.
 
   Returns:
-    The decoded ImageFolder.
+    The decoded ImageFolder, each split in a fixed shuffled order.
 
   Raises:
     ValueError: naming `path`, for a missing split, an empty class folder,
@@ -415,8 +426,12 @@ def read_image_folder(
   arrays = {}
   for split in splits:
     ordered = sorted(decoded[split], key=lambda item: (label_of[item[0]], item[1]))
+    # Folders group the images by class; a fixed shuffle makes every prefix
+    # of a split (train.eval_examples, a subset) a fair sample of it, as in
+    # the official CIFAR-10 files.
+    order = folder_split_order(len(ordered))
     arrays[split] = (
-      np.stack([image for _, _, image in ordered]),
-      np.asarray([label_of[c] for c, _, _ in ordered], np.int32),
+      np.stack([ordered[i][2] for i in order]),
+      np.asarray([label_of[ordered[i][0]] for i in order], np.int32),
     )
   return ImageFolder(splits=arrays, classes=classes, formats=tuple(sorted(formats)))

@@ -62,7 +62,7 @@ SAMPLE_PATH = pathlib.Path(
 )
 
 # Bumped whenever the cached arrays would change for the same image folder.
-_FOLDER_CACHE_VERSION = 1
+_FOLDER_CACHE_VERSION = 2  # 2: splits in a fixed shuffled order
 
 
 @dataclasses.dataclass(frozen=True)
