@@ -8,6 +8,14 @@ the library's default settings unless a row says otherwise:
   python experiments/benchmark.py --runs 2      # everything twice, and the spread (~7 min)
   python experiments/benchmark.py --quick       # CNN at d = 250 and 10,000 only (~30 s)
   python experiments/benchmark.py --models cnn --dims 250,1000,10000 --steps 7
+  python experiments/benchmark.py --structure srht,fastfood   # structured bases (~6 min)
+
+With ``--structure`` the tables hold SGD, dense RBD at d = 250 for
+reference, and RBD with each structured basis at --dims (default 250, 10,000
+and 100,000) on FC and the CNN (one compartment) and, on ResNet-8, with
+per-tensor compartments ("leaf") at compression factors c = 100, 10 and 1
+(d = 1,018, 7,982 and every one of the 78,330 directions); plus a table of
+the Walsh-Hadamard transform (``--hadamard``).
 
 Every configuration (model, method, d, ...) runs in a fresh subprocess, so its
 peak resident memory (ru_maxrss) is its own. Each subprocess also times the
@@ -19,12 +27,19 @@ processes.
 Columns: step ms (median over --steps timed steps after --warmup steps, each
 ended by block_until_ready); ratio to SGD (that median / the SGD step's
 median, same process); images/s (32 / step); random samples/s (random
-numbers drawn per step, sum over compartments of d_k n_k, / step); peak RSS
-(MiB, the whole process: Python, the runtime, compiled programs, buffers).
+numbers drawn per step, sum over compartments of d_k n_k, / step; "—" for
+structured bases, which draw O(N) numbers a step); peak RSS (MiB, the whole
+process: Python, the runtime, compiled programs, buffers).
 
 The generator table times the inner loop alone on the CNN's D = 122,570:
 "generate" draws blocks of directions and sums them; "fused" draws them and
 computes c = Phi g and u = Phi^T c on each block, as the optimiser does.
+
+The Hadamard table times ``structured.hadamard_transform`` (a Kronecker
+factorisation into matmuls of at most 64 x 64) against a butterfly of log2 N
+sum-and-difference stages written here, alone on a vector of N = 2^17 and
+inside a Fastfood basis's c = Phi g and u = Phi^T c on the CNN's 122,570
+parameters (four transforms; the butterfly is patched in for its row).
 """
 
 from __future__ import annotations
@@ -73,10 +88,11 @@ class Config:
   generator: str | None = None
   compartments: str | None = None
   allocation: str | None = None
+  structure: str | None = None
 
   def basis_kwargs(self) -> dict:
     kwargs = {"distribution": self.distribution}
-    for name in ("generator", "compartments", "allocation"):
+    for name in ("generator", "compartments", "allocation", "structure"):
       if getattr(self, name) is not None:
         kwargs[name] = getattr(self, name)
     return kwargs
@@ -99,6 +115,26 @@ def configs_for(model: str, dims: list[int], *, quick: bool) -> list[Config]:
   else:
     # Fig. B.10: one compartment per layer, 250 directions each.
     rows.append(Config(model, "rbd", 250, compartments="module", allocation="fixed"))
+  return rows
+
+
+STRUCTURED_DIMS = "250,10000,100000"
+# ResNet-8's structured rows: per-tensor compartments at these compression
+# factors (d = 1,018, 7,982 and 78,330, Table 3's rule).
+RESNET8_COMPRESSIONS = (100, 10, 1)
+
+
+def structured_configs_for(model: str, dims: list[int], structures: list[str]) -> list[Config]:
+  """The rows of one model's table of structured bases."""
+  rows = [Config(model, "sgd"), Config(model, "rbd", 250)]
+  for structure in structures:
+    if model == "resnet8":
+      rows += [
+        Config(model, "rbd", c, compartments="leaf", allocation="compression", structure=structure)
+        for c in RESNET8_COMPRESSIONS
+      ]
+    else:
+      rows += [Config(model, "rbd", d, structure=structure) for d in dims]
   return rows
 
 
@@ -170,7 +206,8 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
       allocation=kwargs.get("allocation", "proportional"),
     )
     directions = sum(c.dim for c in layout.compartments)
-    samples_per_step = sum(c.dim * c.size for c in layout.compartments)
+    if config.structure is None:
+      samples_per_step = sum(c.dim * c.size for c in layout.compartments)
     default = inspect.signature(rb.scale_by_random_bases).parameters["generator"].default
     generator = config.generator or default
 
@@ -195,47 +232,69 @@ def measure(config: Config, *, steps: int, warmup: int) -> dict:
     "sgd_ms": 1e3 * sgd_s,
     "ratio": step_s / sgd_s,
     "images_per_s": BATCH / step_s,
-    "samples_per_s": samples_per_step / step_s,
+    "samples_per_s": samples_per_step / step_s if config.structure is None else None,
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB
   }
 
 
 # The end-to-end rows: the paper's model/data pairs through the trainer.
 END_TO_END = {"fc": "mnist", "cnn": "cifar10", "resnet8": "cifar10"}
-# Steps per epoch through the trainer: a few seconds of steady state each.
-END_TO_END_STEPS = {"fc": 1500, "cnn": 150, "resnet8": 100}
+# Steps per epoch through the trainer: about this many seconds of steady
+# state at the bare step's speed, within these bounds.
+END_TO_END_SECONDS, END_TO_END_MIN_STEPS, END_TO_END_MAX_STEPS = 4.0, 40, 1500
 END_TO_END_EVAL_EXAMPLES = 2000
 
 
-def measure_bare_eval(model_name: str, *, batch: int, repeats: int) -> float:
-  """Median seconds of one jitted forward pass over an eval batch."""
+def measure_eval(train_config, *, repeats: int) -> tuple[float, float]:
+  """Median ms per eval batch: ``Trainer.evaluate`` against a bare forward pass.
+
+  The trainer's evaluation (every eval split, batch by batch, with its
+  preprocessing, loss and accuracy sums) and a bare jitted forward pass of
+  the same model over a random batch of the same size alternate, so both
+  medians see the same machine.
+  """
   import jax
 
-  from random_bases import models
+  from random_bases import train
 
-  model = models.create_model(model_name)
-  shape = INPUT_SHAPES[model_name]
-  variables = models.init_variables(model, key=jax.random.key(0), input_shape=shape)
-  images = jax.random.normal(jax.random.key(1), (batch,) + shape)
-  forward = jax.jit(lambda variables, images: model.apply(variables, images, train=False))
-  jax.block_until_ready(forward(variables, images))
-  times = []
-  for _ in range(repeats):
+  trainer = train.Trainer(train_config, train.load_data(train_config))
+  state = trainer.initial_state()
+  size = train_config.train.eval_batch_size
+  batches = sum(math.ceil(len(labels) / size) for _, labels, _ in trainer.eval_splits.values())
+  variables = {"params": state["params"]}
+  if state["batch_stats"]:
+    variables["batch_stats"] = state["batch_stats"]
+  images = jax.random.normal(jax.random.key(1), (size,) + trainer.dataset.image_shape)
+  forward = jax.jit(lambda variables, images: trainer.model.apply(variables, images, train=False))
+
+  def bare():
+    for _ in range(batches):
+      jax.block_until_ready(forward(variables, images))
+
+  trainer_times, bare_times = [], []
+  for i in range(repeats + 1):  # the first round compiles
     start = time.perf_counter()
-    jax.block_until_ready(forward(variables, images))
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    trainer.evaluate(state)
+    middle = time.perf_counter()
+    bare()
+    if i:
+      trainer_times.append(middle - start)
+      bare_times.append(time.perf_counter() - middle)
+  return (
+    1e3 * statistics.median(trainer_times) / batches,
+    1e3 * statistics.median(bare_times) / batches,
+  )
 
 
 def measure_end_to_end(config: Config, *, data: dict, steps: int, warmup: int) -> dict:
   """The trainer's steady-state step and eval time against the bare jitted ones.
 
-  ``train_and_evaluate`` runs two epochs of ``END_TO_END_STEPS`` steps on the
+  ``train_and_evaluate`` runs two epochs of about ``END_TO_END_SECONDS`` each on the
   real data set (augmentation on, as the paper trains); the second epoch's
   time per step (compilation is in the first) is compared with the median
   bare step of the same model and method, timed before and after the run in
-  this process, and the second epoch's evaluation of
-  ``END_TO_END_EVAL_EXAMPLES`` examples per split with the bare forward pass.
+  this process. Evaluation (``END_TO_END_EVAL_EXAMPLES`` examples per split)
+  is timed by ``measure_eval``.
   """
   import tempfile
 
@@ -252,7 +311,10 @@ def measure_end_to_end(config: Config, *, data: dict, steps: int, warmup: int) -
     train_config.bases.d = config.d
   train_config.learning_rate[config.method] = LEARNING_RATES[config.method]
   train_config.train.epochs = 2
-  train_config.train.steps_per_epoch = END_TO_END_STEPS[config.model]
+  steps_per_epoch = int(1e3 * END_TO_END_SECONDS / bare_before["step_ms"])
+  train_config.train.steps_per_epoch = min(
+    max(steps_per_epoch, END_TO_END_MIN_STEPS), END_TO_END_MAX_STEPS
+  )
   train_config.train.eval_examples = END_TO_END_EVAL_EXAMPLES
   train_config.train.checkpoint = False
   with tempfile.TemporaryDirectory() as workdir:
@@ -262,11 +324,7 @@ def measure_end_to_end(config: Config, *, data: dict, steps: int, warmup: int) -
   epoch = history[-1]
   bare_ms = (bare_before["step_ms"] + bare_after["step_ms"]) / 2
   trainer_ms = 1e3 * epoch["train_seconds"] / train_config.train.steps_per_epoch
-  eval_batch = train_config.train.eval_batch_size
-  eval_batches = sum(1 for k in epoch if k.endswith("_loss") and k != "train_loss")
-  eval_batches *= math.ceil(END_TO_END_EVAL_EXAMPLES / eval_batch)
-  bare_eval_ms = 1e3 * measure_bare_eval(config.model, batch=eval_batch, repeats=5)
-  trainer_eval_ms = 1e3 * epoch["eval_seconds"] / eval_batches
+  trainer_eval_ms, bare_eval_ms = measure_eval(train_config, repeats=5)
   return {
     **dataclasses.asdict(config),
     "dataset": END_TO_END[config.model],
@@ -274,6 +332,7 @@ def measure_end_to_end(config: Config, *, data: dict, steps: int, warmup: int) -
     "bare_ms": bare_ms,
     "bare_ms_before_after": [bare_before["step_ms"], bare_after["step_ms"]],
     "trainer_ms": trainer_ms,
+    "trainer_steps_timed": train_config.train.steps_per_epoch,
     "ratio": trainer_ms / bare_ms,
     "trainer_images_per_s": epoch["images_per_second"],
     "bare_eval_ms": bare_eval_ms,
@@ -337,6 +396,60 @@ def measure_generators(*, n: int, dim: int, repeats: int) -> list[dict]:
   return results
 
 
+def butterfly_hadamard(x):
+  """H x by log2 N stages of sums and differences: the alternative to the library's."""
+  import jax.numpy as jnp
+
+  *lead, size = x.shape
+  half = 1
+  while half < size:
+    pairs = x.reshape(*lead, size // (2 * half), 2, half)
+    a, b = pairs[..., 0, :], pairs[..., 1, :]
+    x = jnp.stack([a + b, a - b], axis=-2).reshape(*lead, size)
+    half *= 2
+  return x
+
+
+def measure_hadamard(*, repeats: int) -> list[dict]:
+  """ms of the Kronecker and butterfly transforms, alone and inside Fastfood."""
+  import jax
+
+  from random_bases.method import directions as dirs
+  from random_bases.method import structured
+
+  n = 122_570
+  size = structured.padded_size(n)
+  x = jax.random.normal(jax.random.key(0), (size,))
+  g = x[:n]
+  key = dirs.compartment_key(0, step=0, worker=0, compartment=0)
+  basis = structured.StructuredBasis(
+    key, n=n, dim=250, structure="fastfood", normalize="norm", generator="hash"
+  )
+  library = structured.hadamard_transform
+
+  def median_ms(fn, arg):
+    jax.block_until_ready(fn(arg))
+    times = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      jax.block_until_ready(fn(arg))
+      times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+  rows = []
+  for name, transform in (("kronecker (library)", library), ("butterfly", butterfly_hadamard)):
+    structured.hadamard_transform = transform  # what the basis's products call
+    rows.append(
+      {
+        "method": name,
+        "alone_ms": median_ms(jax.jit(transform), x),
+        "fastfood_ms": median_ms(jax.jit(basis.project_and_expand), g),
+      }
+    )
+  structured.hadamard_transform = library
+  return rows
+
+
 # ----------------------------------------------------------------------------
 # The parent process: run the children, print the tables.
 
@@ -372,9 +485,12 @@ def machine_description() -> dict:
 
 
 def _method_label(row: dict) -> str:
+  method = row["method"]
+  if row.get("structure"):
+    method += f" {row['structure']}"
   if row["compartments"]:
-    return f"{row['method']} ({row['compartments']}, {row['allocation']})"
-  return row["method"]
+    return f"{method} ({row['compartments']}, {row['allocation']})"
+  return method
 
 
 def _directions_label(row: dict) -> str:
@@ -397,11 +513,12 @@ def model_table(rows: list[dict]) -> str:
       )
       continue
     generator = r["generator_used"] + ("" if r["generator"] else " (default)")
+    distribution = "—" if r.get("structure") else r["distribution"]
+    samples = "—" if r["samples_per_s"] is None else f"{r['samples_per_s'] / 1e6:,.0f} M"
     lines.append(
-      f"| {_method_label(r)} | {_directions_label(r)} | {r['distribution']} "
+      f"| {_method_label(r)} | {_directions_label(r)} | {distribution} "
       f"| {generator} | {r['step_ms']:.1f} | {r['ratio']:.2f} "
-      f"| {r['images_per_s']:,.1f} | {r['samples_per_s'] / 1e6:,.0f} M "
-      f"| {r['peak_rss_mib']:.0f} |"
+      f"| {r['images_per_s']:,.1f} | {samples} | {r['peak_rss_mib']:.0f} |"
     )
   return "\n".join(lines)
 
@@ -438,8 +555,17 @@ def spread_table(runs: list[list[dict]]) -> str:
   for run in runs:
     for row in run:
       key = tuple(
-        row[k]
-        for k in ("model", "method", "d", "distribution", "generator", "compartments", "allocation")
+        row.get(k)
+        for k in (
+          "model",
+          "method",
+          "d",
+          "distribution",
+          "generator",
+          "compartments",
+          "allocation",
+          "structure",
+        )
       )
       by_config.setdefault(key, []).append(row)
   for rows in by_config.values():
@@ -489,6 +615,7 @@ def target_verdicts(rows: list[dict]) -> list[str]:
         and r["distribution"] == "normal"
         and r["generator"] is None
         and r["compartments"] is None
+        and r.get("structure") is None
       ),
       None,
     )
@@ -512,6 +639,51 @@ def target_verdicts(rows: list[dict]) -> list[str]:
       f"CNN, peak RSS at d = 10,000 / at d = 250 = {large['peak_rss_mib']:.0f} / "
       f"{small['peak_rss_mib']:.0f} MiB = {growth:.2f} (target <= 1.3): " + verdict(growth <= 1.3)
     )
+  return lines
+
+
+def hadamard_table(rows: list[dict]) -> str:
+  lines = [
+    "Walsh-Hadamard transform, N = 2^17: alone, and in a Fastfood basis's c = Phi g and "
+    "u = Phi^T c on n = 122,570 (d = 250, four transforms).",
+    "",
+    "| method | transform alone, ms | Fastfood project and expand, ms |",
+    "| --- | --- | --- |",
+  ]
+  for r in rows:
+    lines.append(f"| {r['method']} | {r['alone_ms']:.2f} | {r['fastfood_ms']:.2f} |")
+  return "\n".join(lines)
+
+
+def structured_verdicts(rows: list[dict]) -> list[str]:
+  """The structured bases' targets, on the CNN's rows of each structure."""
+  lines = []
+  verdict = lambda ok: "met" if ok else "NOT met"
+  for structure in sorted({r["structure"] for r in rows if r.get("structure")}):
+    by_d = {
+      r["d"]: r
+      for r in rows
+      if r["model"] == "cnn" and r.get("structure") == structure and r["compartments"] is None
+    }
+    if 250 in by_d:
+      ratio = by_d[250]["ratio"]
+      lines.append(
+        f"CNN {structure}, d = 250: RBD step / SGD step = {ratio:.2f} (target <= 1.2): "
+        + verdict(ratio <= 1.2)
+      )
+    if 10_000 in by_d:
+      r = by_d[10_000]
+      lines.append(
+        f"CNN {structure}, d = 10,000: RBD step / SGD step = {r['ratio']:.2f} (target <= 1.5), "
+        f"{r['images_per_s']:.0f} images/s (target > 600): "
+        + verdict(r["ratio"] <= 1.5 and r["images_per_s"] > 600)
+      )
+    if 250 in by_d and 100_000 in by_d:
+      small, large = by_d[250]["peak_rss_mib"], by_d[100_000]["peak_rss_mib"]
+      lines.append(
+        f"CNN {structure}, peak RSS at d = 100,000 / at d = 250 = {large:.0f} / {small:.0f} MiB "
+        f"= {large / small:.2f} (target <= 1.3): " + verdict(large / small <= 1.3)
+      )
   return lines
 
 
@@ -558,7 +730,22 @@ def main(argv: list[str] | None = None) -> None:
     "--models", default=",".join(MODELS), help="comma-separated subset of " + ",".join(MODELS)
   )
   parser.add_argument(
-    "--dims", default="250,10000", help="comma-separated d of the rbd rows with default settings"
+    "--dims",
+    default=None,
+    help="comma-separated d of the rbd rows with default settings "
+    f"(default 250,10000; with --structure {STRUCTURED_DIMS})",
+  )
+  parser.add_argument(
+    "--structure",
+    default="dense",
+    help="comma-separated structured bases (srht, fastfood) to tabulate instead of the "
+    "dense bases' rows",
+  )
+  parser.add_argument(
+    "--hadamard",
+    action=argparse.BooleanOptionalAction,
+    default=None,
+    help="time the Walsh-Hadamard transform (default: yes with --structure)",
   )
   parser.add_argument(
     "--runs",
@@ -607,6 +794,8 @@ def main(argv: list[str] | None = None) -> None:
     payload = json.loads(args.child)
     if payload["kind"] == "generators":
       result = measure_generators(n=GENERATOR_N, dim=GENERATOR_DIM, repeats=5)
+    elif payload["kind"] == "hadamard":
+      result = measure_hadamard(repeats=20)
     elif payload["kind"] == "end_to_end":
       result = measure_end_to_end(
         Config(**payload["config"]),
@@ -626,9 +815,17 @@ def main(argv: list[str] | None = None) -> None:
   for model in models:
     if model not in MODELS:
       parser.error(f"--models: {model!r} is not one of {', '.join(MODELS)}")
-  dims = [int(d) for d in args.dims.split(",")]
+  structures = [s for s in args.structure.split(",") if s != "dense"]
+  for structure in structures:
+    if structure not in ("srht", "fastfood"):
+      parser.error(f"--structure: {structure!r} is not one of dense, srht, fastfood")
+  dims = [
+    int(d) for d in (args.dims or (STRUCTURED_DIMS if structures else "250,10000")).split(",")
+  ]
   steps = args.steps or (3 if args.quick else 5)
-  with_generators = not args.quick if args.generators is None else args.generators
+  default_generators = not args.quick and not structures
+  with_generators = default_generators if args.generators is None else args.generators
+  with_hadamard = bool(structures) if args.hadamard is None else args.hadamard
 
   machine = machine_description()
   print(f"# python experiments/benchmark.py {' '.join(argv)}".rstrip())
@@ -636,7 +833,7 @@ def main(argv: list[str] | None = None) -> None:
     f"# {machine['date']}; nproc {machine['nproc']}, {machine['cpu']}; "
     f"jax {machine['jax']} ({machine['backend']}); {machine['platform']}"
   )
-  runs, generator_runs, end_to_end_runs = [], [], []
+  runs, generator_runs, end_to_end_runs, hadamard_runs = [], [], [], []
   for run in range(args.runs):
     print(f"\n## Run {run + 1} of {args.runs}\n", flush=True)
     rows = []
@@ -650,7 +847,11 @@ def main(argv: list[str] | None = None) -> None:
             "warmup": args.warmup,
           }
         )
-        for config in configs_for(model, dims, quick=args.quick)
+        for config in (
+          structured_configs_for(model, dims, structures)
+          if structures
+          else configs_for(model, dims, quick=args.quick)
+        )
       ]
       rows += model_rows
       print(f"### {MODEL_TITLES[model]}, D = {model_rows[0]['num_params']:,}, batch {BATCH}\n")
@@ -683,10 +884,13 @@ def main(argv: list[str] | None = None) -> None:
     if with_generators and not args.end_to_end_only:
       generator_runs.append(run_child({"kind": "generators"}))
       print(generator_table(generator_runs[-1]) + "\n", flush=True)
-    for line in target_verdicts(rows):
+    if with_hadamard and not args.end_to_end_only:
+      hadamard_runs.append(run_child({"kind": "hadamard"}))
+      print(hadamard_table(hadamard_runs[-1]) + "\n", flush=True)
+    for line in target_verdicts(rows) + structured_verdicts(rows):
       print("- " + line)
     runs.append(rows)
-  if args.runs > 1:
+  if args.runs > 1 and any(runs):  # the bare rows; --end-to-end-only has none
     print(f"\n## Spread over the {args.runs} runs: (max - min) / mean\n")
     print(spread_table(runs))
     if generator_runs:
@@ -700,6 +904,7 @@ def main(argv: list[str] | None = None) -> None:
           "runs": runs,
           "generators": generator_runs,
           "end_to_end": end_to_end_runs,
+          "hadamard": hadamard_runs,
         },
         f,
         indent=1,

@@ -173,11 +173,16 @@ IGNORED_FIELDS = (
 
 
 def config_hash(config) -> str:
-  """Digest of the config without ``IGNORED_FIELDS``."""
+  """Digest of the config's non-default fields, without ``IGNORED_FIELDS``.
+
+  Fields at their schema default are left out, so a field added to the
+  schema later does not rename the runs made before it.
+  """
+  defaults = {field.name: field.default for field in config_lib.FIELDS}
   fields = {
     k: v
     for k, v in workdir_lib.flatten(workdir_lib.config_record(config)).items()
-    if k not in IGNORED_FIELDS
+    if k not in IGNORED_FIELDS and not (k in defaults and v == defaults[k])
   }
   return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 

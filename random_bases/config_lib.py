@@ -24,6 +24,7 @@ from random_bases.data import sources
 from random_bases.method import compartments as comp_lib
 from random_bases.method import directions as dirs
 from random_bases.method import nes as nes_lib
+from random_bases.method import structured
 
 METHODS = ("sgd", "rbd", "fpd", "nes")
 COORDINATES = ("reverse", "forward")
@@ -83,6 +84,13 @@ FIELDS: tuple[Field, ...] = (
     "hybrid schedule 'rbd:5,sgd' (RBD 5 epochs, SGD to the end, §4.5); "
     "an open last phase grows when train.epochs is extended",
   ),
+  Field(
+    "workers",
+    1,
+    "K data-parallel workers (Alg. 1 right), one device each: each draws its own batch of "
+    "train.batch_size images; RBD/FPD sum the K projections (K x d floats exchanged), "
+    "SGD/NES average the K gradients (D floats)",
+  ),
   Field("learning_rate.sgd", 2.0**-8 * 32, "SGD's applied step size (Table 4: 2^-8 x 32)"),
   Field("learning_rate.rbd", 2.0**1, "RBD's applied step size (Table 4: 2^1)"),
   Field("learning_rate.fpd", 2.0**-1, "FPD's applied step size (Table 4: 2^-1)"),
@@ -100,6 +108,11 @@ FIELDS: tuple[Field, ...] = (
   ),
   Field("bases.generator", dirs.DEFAULT_GENERATOR, "hash (fast) | threefry (jax.random)"),
   Field("bases.block_rows", 0, "directions generated at once; 0 = automatic"),
+  Field(
+    "bases.structure",
+    "dense",
+    "dense (i.i.d. directions) | srht | fastfood (structured: O(N log N) a step whatever d is)",
+  ),
   Field("bases.coordinates", "reverse", "reverse (backprop) | forward (jvp)"),
   Field("nes.sigma", 0.01, "NES's perturbation scale (PAPER.md)"),
   Field("nes.antithetic", False, "NES evaluates +/- pairs (needs an even bases.d)"),
@@ -324,12 +337,17 @@ def num_train_images(config) -> int | None:
 
 
 def steps_per_epoch(config, num_train: int) -> int:
-  """Steps of one epoch: whole batches of the shuffled training split, capped."""
-  if num_train < config.train.batch_size:
+  """Steps of one epoch: whole batches of the shuffled training split, capped.
+
+  A step takes ``train.batch_size`` images for each of the ``workers``.
+  """
+  images_per_step = config.train.batch_size * config.workers
+  if num_train < images_per_step:
+    workers = f" x workers={config.workers}" if config.workers > 1 else ""
     raise ValueError(
-      f"train.batch_size={config.train.batch_size} exceeds the {num_train} training images"
+      f"train.batch_size={config.train.batch_size}{workers} exceeds the {num_train} training images"
     )
-  full_epoch = num_train // config.train.batch_size  # the last partial batch is dropped
+  full_epoch = num_train // images_per_step  # the last partial batch is dropped
   if config.train.steps_per_epoch == -1:
     return full_epoch
   return min(full_epoch, config.train.steps_per_epoch)
@@ -373,6 +391,13 @@ def _check_bases(config, phases) -> None:
   checks.check_choice("bases.allocation", bases.allocation, comp_lib.ALLOCATIONS)
   checks.check_choice("bases.generator", bases.generator, dirs.GENERATORS)
   checks.check_choice("bases.coordinates", bases.coordinates, COORDINATES)
+  checks.check_choice("bases.structure", bases.structure, structured.STRUCTURES)
+  uses_bases = any(m in ("rbd", "fpd") for m, _ in phases)
+  if uses_bases and bases.structure != "dense" and bases.distribution != "normal":
+    raise ValueError(
+      f"bases.distribution={bases.distribution!r} applies to dense bases only: "
+      f"bases.structure={bases.structure!r} fixes its own entries; leave it at 'normal'"
+    )
   if bases.block_rows < 0:
     raise ValueError(f"bases.block_rows={bases.block_rows} must be >= 0 (0 = automatic)")
   compartments = parse_compartments(bases.compartments)
@@ -390,6 +415,17 @@ def _check_bases(config, phases) -> None:
         f"bases.allocation={bases.allocation!r} do not fit model {config.model!r} "
         f"({models.count_params(shapes)} parameters on {config.data.dataset}): {e}"
       ) from e
+
+
+def _check_workers(config) -> None:
+  workers = config.workers
+  if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+    raise ValueError(f"workers={workers!r} must be a positive integer")
+  if config.train.eval_batch_size % workers:
+    raise ValueError(
+      f"train.eval_batch_size={config.train.eval_batch_size} must be divisible by "
+      f"workers={workers}: evaluation splits every batch over the workers"
+    )
 
 
 def validate(config) -> None:
@@ -412,6 +448,7 @@ def validate(config) -> None:
   _positive("train.eval_batch_size", config.train.eval_batch_size)
   _positive("train.log_every_steps", config.train.log_every_steps)
   _positive("train.steps_per_dispatch", config.train.steps_per_dispatch)
+  _check_workers(config)
   if config.train.steps_per_epoch != -1:
     _positive("train.steps_per_epoch (or -1)", config.train.steps_per_epoch)
   if config.train.eval_examples != -1:

@@ -5,6 +5,11 @@ Override any field with ``--config.a.b=value`` (unknown fields are errors);
 ``--describe`` prints every field with its value and meaning, and the config
 files next to ``--config`` (else in ``./configs``). Rerunning into a workdir
 resumes it (``random_bases/workdir.py`` states the contract).
+
+Several processes (``--config.workers`` over all their devices) run the same
+command with ``--coordinator_address``, ``--num_processes`` and
+``--process_id`` (or ``--distributed`` where JAX finds them in the
+environment): ``jax.distributed.initialize``.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from random_bases import config_lib, train
+from random_bases import config_lib, distributed, train
 from random_bases import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -34,6 +39,21 @@ flags.DEFINE_string(
   None,
   "Directory for config.json, metrics.jsonl, tensorboard/ and "
   "checkpoints/; rerunning into it resumes the run.",
+)
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "Multi-process runs: host:port where process 0 serves JAX's coordinator "
+  "(default $JAX_COORDINATOR_ADDRESS, or the cluster's).",
+)
+flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many processes run.")
+flags.DEFINE_integer("process_id", None, "Multi-process runs: this process's index, from 0.")
+flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Join a multi-process run (jax.distributed.initialize) whose coordinator, process "
+  "count and index JAX reads from the environment ($JAX_COORDINATOR_ADDRESS; SLURM, "
+  "Open MPI, Kubernetes, Cloud TPU); implied by the three flags above.",
 )
 flags.DEFINE_bool(
   "describe",
@@ -119,6 +139,12 @@ def main(argv):
       "--config and --workdir are required (--describe lists the config files and fields)"
     )
   logging.get_absl_logger().addFilter(_QuietLibraries())
+  process_flags = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  if FLAGS.distributed or any(flag is not None for flag in process_flags):
+    try:
+      distributed.initialize(*process_flags)
+    except (ValueError, TypeError) as e:
+      sys.exit(f"Invalid distributed setup: {e}")
   try:
     config_lib.validate(FLAGS.config)
   except ValueError as e:

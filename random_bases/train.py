@@ -17,6 +17,20 @@ What the workdir holds, and how a rerun resumes, refuses or extends a run, is
 ``random_bases/workdir.py``'s contract. A non-finite loss stops the run with
 ``TrainingDiverged``; the paper's early stopping (``train.early_stopping``) is
 a normal stop.
+
+**Workers** (``config.workers = K > 1``, Alg. 1 right of the paper): the step
+runs once per worker over the axis ``distributed.WORKER_AXIS`` of a device
+mesh, under ``jax.shard_map`` (one device per worker) or ``jax.vmap`` (all on
+one device). Worker w takes the w-th of the step's K batches of
+``train.batch_size`` images, augments it with its own key and differentiates
+at its own (device-varying) copy of the parameters, so its gradient stays on
+its device. RBD and FPD then exchange only coordinates: the update is the
+paper's sum over workers of their projections, K x d floats all-gathered.
+SGD and NES average the K gradients (a D-float all-reduce): SGD with K
+workers is SGD on the step's K x batch_size images. Parameters, optimizer
+state and metrics stay replicated; batch-norm statistics are averaged over
+the workers. Only process 0 writes metrics, TensorBoard and the run's
+record; every process takes part in saving and restoring checkpoints.
 """
 
 from __future__ import annotations
@@ -31,11 +45,15 @@ import numpy as np
 import optax
 import tensorboardX
 from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 import random_bases as rb
-from random_bases import config_lib, data, models
+from random_bases import config_lib, data, distributed, models
 from random_bases import workdir as workdir_lib
 from random_bases.data import preprocess
+
+WORKERS = distributed.WORKER_AXIS
 
 # Early stopping (PAPER.md): a diverged loss, or chance-level accuracy late.
 DIVERGED_LOSS = 1000.0
@@ -46,8 +64,13 @@ class TrainingDiverged(RuntimeError):
   """The train loss of a log interval, or an evaluation loss, is not finite."""
 
 
-def make_optimizer(method: str, *, config, phase: int) -> optax.GradientTransformation:
-  """The optax transformation of one phase. NES's estimate is applied by SGD."""
+def make_optimizer(
+  method: str, *, config, phase: int, axis_name: str | None = None
+) -> optax.GradientTransformation:
+  """The optax transformation of one phase. NES's estimate is applied by SGD.
+
+  ``axis_name``: the workers' axis, which RBD and FPD exchange coordinates over.
+  """
   lr = config.learning_rate[method]
   if method in ("sgd", "nes"):
     return optax.sgd(lr)
@@ -61,6 +84,8 @@ def make_optimizer(method: str, *, config, phase: int) -> optax.GradientTransfor
     allocation=bases.allocation,
     generator=bases.generator,
     block_rows=bases.block_rows or None,
+    structure=bases.structure,
+    axis_name=axis_name,
   )
   if method == "rbd":
     return rb.rbd(lr, bases.d, **kwargs)
@@ -91,16 +116,29 @@ def update_correlation(updates, grads) -> dict[str, jax.Array]:
 
 
 class Trainer:
-  """Holds the compiled functions of one run; see ``train_and_evaluate``."""
+  """Holds the compiled functions of one run; see ``train_and_evaluate``.
 
-  def __init__(self, config, dataset: data.Dataset):
+  Args:
+    config: the run's config.
+    dataset: the data, in host memory.
+    mesh: for ``config.workers > 1``, the devices the workers run on: a mesh
+      whose ``distributed.WORKER_AXIS`` axis has one device per worker
+      (``shard_map``) or a single device (``vmap``). Default:
+      ``distributed.worker_mesh(config.workers)``.
+  """
+
+  def __init__(self, config, dataset: data.Dataset, *, mesh: Mesh | None = None):
     self.config = config
     self.dataset = dataset
     self.model = models.create_model(config.model, num_classes=dataset.num_classes)
     self.phases = config_lib.parse_phases(config)
-    self.train_images = jnp.asarray(dataset.train_images)
-    self.train_labels = jnp.asarray(dataset.train_labels)
+    self.workers = config.workers
+    self.mesh = distributed.resolve_mesh(config.workers, mesh)
+    self.one_device_per_worker = self.mesh is not None and self.mesh.shape[WORKERS] > 1
+    self.train_images = self.place(dataset.train_images)
+    self.train_labels = self.place(dataset.train_labels)
     self.batch_size = config.train.batch_size
+    self.images_per_step = self.batch_size * self.workers
     self.steps_per_epoch = config_lib.steps_per_epoch(config, len(dataset.train_labels))
     root = jax.random.key(config.seed)
     self.shuffle_key = jax.random.fold_in(root, 1)
@@ -110,6 +148,25 @@ class Trainer:
     self._train_steps = {}
     self.eval_splits = self._device_eval_splits()
     self._eval_step = jax.jit(self._eval_batch)
+
+  def _one_at_a_time(self, outputs):
+    """``outputs`` of a call, once computed if the workers are on CPU devices.
+
+    XLA:CPU runs every device's program on one shared pool of threads: with
+    calls queued behind a call's collectives, the later calls can hold the
+    threads it waits for, a deadlock (100 queued steps of 8 workers on 2
+    cores did). There, calls run one at a time; GPUs and TPUs order them per
+    device.
+    """
+    if self.one_device_per_worker and self.mesh.devices.flat[0].platform == "cpu":
+      jax.block_until_ready(outputs)
+    return outputs
+
+  def place(self, tree):
+    """On the device, or replicated over the workers' mesh."""
+    if self.mesh is None:
+      return jax.tree.map(jnp.asarray, tree)
+    return jax.device_put(tree, NamedSharding(self.mesh, P()))
 
   # --- state --------------------------------------------------------------
 
@@ -123,26 +180,33 @@ class Trainer:
     return len(self.phases) - 1
 
   def optimizer(self, phase: int):
-    return make_optimizer(self.phases[phase][0], config=self.config, phase=phase)
+    return make_optimizer(
+      self.phases[phase][0],
+      config=self.config,
+      phase=phase,
+      axis_name=WORKERS if self.workers > 1 else None,
+    )
 
   def initial_state(self) -> dict[str, Any]:
     variables = models.init_variables(
       self.model, key=self.init_key, input_shape=self.dataset.image_shape
     )
     params = variables["params"]
-    return {
-      "step": jnp.zeros([], jnp.int32),
-      "epochs_done": jnp.zeros([], jnp.int32),
-      "params": params,
-      "batch_stats": variables.get("batch_stats", {}),
-      "opt_state": self.optimizer(0).init(params),
-    }
+    return self.place(
+      {
+        "step": jnp.zeros([], jnp.int32),
+        "epochs_done": jnp.zeros([], jnp.int32),
+        "params": params,
+        "batch_stats": variables.get("batch_stats", {}),
+        "opt_state": self.optimizer(0).init(params),
+      }
+    )
 
   def checkpoint_target(self, epochs_done: int) -> dict[str, Any]:
     """The structure of the state saved after ``epochs_done`` epochs (its phase's)."""
     state = self.initial_state()
     phase = self.phase_at(epochs_done - 1)
-    return dict(state, opt_state=self.optimizer(phase).init(state["params"]))
+    return dict(state, opt_state=self.place(self.optimizer(phase).init(state["params"])))
 
   def enter_epoch(self, state, epoch: int) -> dict[str, Any]:
     """The state to train ``epoch`` from: a new phase starts a new optimizer state."""
@@ -150,7 +214,7 @@ class Trainer:
     if epoch == 0 or self.phase_at(epoch - 1) == phase:
       return state
     logging.info("Epoch %d: switching to %s", epoch + 1, self.phases[phase][0])
-    return dict(state, opt_state=self.optimizer(phase).init(state["params"]))
+    return dict(state, opt_state=self.place(self.optimizer(phase).init(state["params"])))
 
   # --- the step -----------------------------------------------------------
 
@@ -163,10 +227,21 @@ class Trainer:
         return logits, new["batch_stats"]
     return self.model.apply(variables, images, train=train), batch_stats
 
-  def _train_step(self, phase: int, state, images, labels):
+  def _mean_over_workers(self, tree):
+    """The mean over the workers (one worker: ``tree`` itself)."""
+    return jax.lax.pmean(tree, WORKERS) if self.workers > 1 else tree
+
+  def _train_step(self, phase: int, state, images, labels, worker=None):
+    """One step of one worker (``worker``: its index, None for a single worker)."""
     method = self.phases[phase][0]
     tx = self.optimizer(phase)
     params, batch_stats = state["params"], state["batch_stats"]
+    # Under shard_map, a worker differentiating at the replicated parameters
+    # would get the gradient summed over the workers (JAX inserts a D-float
+    # all-reduce); at its device-varying copy the gradient stays local.
+    local_params = params
+    if self.one_device_per_worker:
+      local_params = jax.lax.pcast(params, WORKERS, to="varying")
 
     def loss_fn(p):
       logits, new_stats = self._forward(p, batch_stats, images, train=True)
@@ -177,37 +252,47 @@ class Trainer:
     # NES and forward mode need no backward pass, unless the metric does.
     if (method == "nes" or forward_mode) and not want_correlation:
       loss, (logits, new_stats) = loss_fn(params)
-      grads = None
+      grads = batch_grads = None
     else:
-      (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+      (loss, (logits, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(local_params)
+      # SGD's update and the correlation metric's reference: the gradient of
+      # the step's whole batch, the mean of the workers' gradients.
+      if method == "sgd" or want_correlation:
+        batch_grads = self._mean_over_workers(grads)
 
     if method == "nes":
+      nes_key = jax.random.fold_in(self.nes_key, state["step"])
+      if worker is not None:
+        nes_key = jax.random.fold_in(nes_key, worker)
       estimate = rb.nes_gradient(
         lambda p: loss_fn(p)[0],
         params,
-        key=jax.random.fold_in(self.nes_key, state["step"]),
+        key=nes_key,
         d=self.config.bases.d,
         sigma=self.config.nes.sigma,
         antithetic=self.config.nes.antithetic,
         fitness=self.config.nes.fitness,
         generator=self.config.bases.generator,
       )
-      updates, opt_state = tx.update(estimate, state["opt_state"], params)
-    elif forward_mode:
+      updates, opt_state = tx.update(self._mean_over_workers(estimate), state["opt_state"], params)
+    elif forward_mode:  # directional derivatives at this worker's copy, as the gradient
       updates, opt_state = tx.update(
-        None, state["opt_state"], params, value_fn=lambda p: loss_fn(p)[0]
+        None, state["opt_state"], local_params, value_fn=lambda p: loss_fn(p)[0]
       )
-    else:
+    elif method == "sgd":
+      updates, opt_state = tx.update(batch_grads, state["opt_state"], params)
+    else:  # each worker projects its own gradient
       updates, opt_state = tx.update(grads, state["opt_state"], params)
 
     metrics = {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
+    metrics = self._mean_over_workers(metrics)
     if want_correlation:
-      metrics["correlation"] = update_correlation(updates, grads)
+      metrics["correlation"] = update_correlation(updates, batch_grads)
     new_state = dict(
       state,
       step=state["step"] + 1,
       params=optax.apply_updates(params, updates),
-      batch_stats=new_stats,
+      batch_stats=self._mean_over_workers(new_stats),
       opt_state=opt_state,
     )
     return new_state, metrics
@@ -222,7 +307,9 @@ class Trainer:
     it asynchronously; the state is donated. The steps are unrolled, not a
     ``lax.scan``: on XLA:CPU a convolution inside a loop body runs several
     times slower than the same convolution in straight-line code
-    (jax-ml/jax#12868).
+    (jax-ml/jax#12868). With workers the steps run once per worker, mapped
+    over the mesh (``shard_map``) or on its one device (``vmap``); every
+    argument and result is replicated.
     """
     cache_key = (phase, num_steps)
     if cache_key in self._train_steps:
@@ -231,20 +318,27 @@ class Trainer:
     steps_per_epoch = self.steps_per_epoch
     augment = self.config.data.augment
     name = self.dataset.name
+    workers = self.workers
 
     def one_step(state, train_images, train_labels, order):
       # Every epoch has steps_per_epoch steps, so the step counter gives the
       # position in the epoch; a resumed run picks up the same batches.
       position = state["step"] % steps_per_epoch
-      index = jax.lax.dynamic_slice_in_dim(order, position * batch, batch)
+      augment_key = jax.random.fold_in(self.augment_key, state["step"])
+      if workers > 1:
+        # Worker w takes the w-th batch of the step's workers x batch images.
+        worker = jax.lax.axis_index(WORKERS)
+        start = (position * workers + worker) * batch
+        augment_key = jax.random.fold_in(augment_key, worker)
+      else:
+        worker, start = None, position * batch
+      index = jax.lax.dynamic_slice_in_dim(order, start, batch)
       images = jnp.take(train_images, index, axis=0)
       if augment:
-        images = preprocess.preprocess_train_batch(
-          jax.random.fold_in(self.augment_key, state["step"]), images, dataset=name
-        )
+        images = preprocess.preprocess_train_batch(augment_key, images, dataset=name)
       else:
         images = preprocess.preprocess_eval_batch(images, dataset=name)
-      return self._train_step(phase, state, images, jnp.take(train_labels, index))
+      return self._train_step(phase, state, images, jnp.take(train_labels, index), worker)
 
     def steps(state, train_images, train_labels, order):
       per_step = []
@@ -253,6 +347,11 @@ class Trainer:
         per_step.append(metrics)
       return state, jax.tree.map(lambda *xs: jnp.stack(xs), *per_step)
 
+    if self.one_device_per_worker:
+      replicated = (P(),) * 4
+      steps = jax.shard_map(steps, mesh=self.mesh, in_specs=replicated, out_specs=(P(), P()))
+    elif workers > 1:
+      steps = jax.vmap(steps, in_axes=None, out_axes=None, axis_name=WORKERS, axis_size=workers)
     self._train_steps[cache_key] = jax.jit(steps, donate_argnums=0)
     return self._train_steps[cache_key]
 
@@ -260,8 +359,9 @@ class Trainer:
     """Runs ``num_steps`` steps; returns the state and the steps' metrics.
 
     Calls of ``train.steps_per_dispatch`` steps are dispatched without
-    waiting; the metrics come to the host in one transfer at the end, as
-    numpy arrays with a leading axis of ``num_steps``.
+    waiting (one at a time for workers on CPU devices); the metrics come to
+    the host in one transfer at the end, as numpy arrays with a leading axis
+    of ``num_steps``.
     """
     per_call = self.config.train.steps_per_dispatch
     chunks = []
@@ -271,15 +371,17 @@ class Trainer:
       state, metrics = self.train_steps(phase, count)(
         state, self.train_images, self.train_labels, order
       )
-      chunks.append(metrics)
+      chunks.append(self._one_at_a_time(metrics))
       done += count
     chunks = jax.device_get(chunks)
     return state, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
 
   def epoch_order(self, epoch: int) -> jax.Array:
     """The epoch's shuffle, a pure function of (seed, epoch)."""
-    return jax.random.permutation(
-      jax.random.fold_in(self.shuffle_key, epoch), len(self.dataset.train_labels)
+    return self.place(
+      jax.random.permutation(
+        jax.random.fold_in(self.shuffle_key, epoch), len(self.dataset.train_labels)
+      )
     )
 
   # --- evaluation ---------------------------------------------------------
@@ -297,7 +399,7 @@ class Trainer:
       mask = np.concatenate([np.ones(len(labels), np.float32), np.zeros(pad, np.float32)])
       images = np.concatenate([images, np.zeros((pad,) + images.shape[1:], images.dtype)])
       labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
-      splits[split] = (jnp.asarray(images), jnp.asarray(labels), jnp.asarray(mask))
+      splits[split] = self.place((images, labels, mask))
     return splits
 
   def _eval_batch(self, params, batch_stats, images, labels, mask, start):
@@ -306,6 +408,8 @@ class Trainer:
     images, labels, mask = (
       jax.lax.dynamic_slice_in_dim(x, start, size) for x in (images, labels, mask)
     )
+    if self.one_device_per_worker:  # each device evaluates its share of the batch
+      images = jax.lax.with_sharding_constraint(images, NamedSharding(self.mesh, P(WORKERS)))
     images = preprocess.preprocess_eval_batch(images, dataset=self.dataset.name)
     logits, _ = self._forward(params, batch_stats, images, train=False)
     correct = jnp.argmax(logits, -1) == labels
@@ -317,7 +421,9 @@ class Trainer:
     sums = {}
     for split, (images, labels, mask) in self.eval_splits.items():
       sums[split] = [
-        self._eval_step(state["params"], state["batch_stats"], images, labels, mask, start)
+        self._one_at_a_time(
+          self._eval_step(state["params"], state["batch_stats"], images, labels, mask, start)
+        )
         for start in range(0, len(labels), size)
       ]
     sums = jax.device_get(sums)
@@ -424,24 +530,29 @@ def restore_or_init(
   The first step that writes: config.json and data.json (after checking the
   data is the run's), then the newest intact checkpoint's state, or a fresh
   one. The metrics are cut back to that checkpoint's epoch; a run that had
-  stopped early there stays stopped.
+  stopped early there stays stopped. Across processes, process 0 writes and
+  every process restores.
 
   Returns:
     ``(state, checkpoints or None, early-stopping reason or None)``.
   """
   identity = workdir_lib.data_identity(trainer.dataset)
   run.check_data(identity)
-  run.write_record(config, identity)
+  primary = distributed.is_primary()
+  if primary:
+    run.write_record(config, identity)
   state, checkpoints, epochs_done = trainer.initial_state(), None, 0
   if config.train.checkpoint:
-    checkpoints = run.checkpoints()
+    checkpoints = run.checkpoints(remove_unfinished=primary)
     epochs_done, restored = checkpoints.restore(trainer.checkpoint_target)
     if restored is not None:
       state = restored
       logging.info(
         "Resumed from the checkpoint after epoch %d (step %d)", epochs_done, int(state["step"])
       )
-  run.trim_metrics(epochs_done)
+  if primary:
+    run.trim_metrics(epochs_done)
+  distributed.sync("metrics trimmed")
   rows = run.read_metrics()
   stopped = None
   if rows and rows[-1]["epoch"] == epochs_done:
@@ -452,7 +563,11 @@ def restore_or_init(
 
 
 def run_epoch(
-  trainer: Trainer, state, epoch: int, writer: tensorboardX.SummaryWriter, progress: _Progress
+  trainer: Trainer,
+  state,
+  epoch: int,
+  writer: tensorboardX.SummaryWriter | None,
+  progress: _Progress,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
   """Trains and evaluates epoch ``epoch`` (0-based); returns the state and its record.
 
@@ -481,8 +596,9 @@ def run_epoch(
         f"{config.learning_rate[method]}); nothing of this epoch was written"
       )
     step = int(state["step"])
-    for k, v in interval.items():
-      writer.add_scalar(f"interval/{k}", v, step)
+    if writer is not None:  # None in processes other than 0
+      for k, v in interval.items():
+        writer.add_scalar(f"interval/{k}", v, step)
     correlation = (
       f"  corr {interval['correlation_whole']:.4f}" if "correlation_whole" in interval else ""
     )
@@ -496,11 +612,11 @@ def run_epoch(
       interval["train_loss"],
       interval["train_accuracy"],
       correlation,
-      count * trainer.batch_size / elapsed,
+      count * trainer.images_per_step / elapsed,
       progress.advance(count),
     )
   train_seconds = time.perf_counter() - epoch_start
-  state["epochs_done"] = jnp.asarray(epoch + 1, jnp.int32)
+  state["epochs_done"] = trainer.place(jnp.asarray(epoch + 1, jnp.int32))
   record = {"epoch": epoch + 1, "step": int(state["step"]), "method": method}
   record.update(_summarise(chunks))
   eval_start = time.perf_counter()
@@ -514,7 +630,7 @@ def run_epoch(
   record.update(evaluation)
   record["eval_seconds"] = time.perf_counter() - eval_start
   record["train_seconds"] = train_seconds
-  record["images_per_second"] = trainer.steps_per_epoch * trainer.batch_size / train_seconds
+  record["images_per_second"] = trainer.steps_per_epoch * trainer.images_per_step / train_seconds
   logging.info(
     "epoch %d done: %s",
     epoch + 1,
@@ -525,7 +641,7 @@ def run_epoch(
 
 def write_epoch(
   run: workdir_lib.Workdir,
-  writer: tensorboardX.SummaryWriter,
+  writer: tensorboardX.SummaryWriter | None,
   checkpoints: workdir_lib.Checkpoints | None,
   state,
   record,
@@ -534,12 +650,15 @@ def write_epoch(
 
   In this order every committed checkpoint has its metrics line; lines and
   events past the checkpoint a rerun restores are dropped then (workdir.py).
+  Across processes only process 0 writes metrics (its ``writer``; the others
+  pass None), and every process takes part in the checkpoint.
   """
-  run.append_metrics(record)
-  for k, v in record.items():
-    if isinstance(v, float):
-      writer.add_scalar(k, v, record["step"])
-  writer.flush()
+  if writer is not None:
+    run.append_metrics(record)
+    for k, v in record.items():
+      if isinstance(v, float):
+        writer.add_scalar(k, v, record["step"])
+    writer.flush()
   if checkpoints is not None:
     checkpoints.save(record["epoch"], state)
 
@@ -564,32 +683,44 @@ def finish(run: workdir_lib.Workdir, config) -> None:
     logging.info("After epoch %d: %s", rows[-1]["epoch"], ", ".join(accuracies))
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None) -> dict[str, Any]:
   """Trains and evaluates as ``config`` says, writing everything to ``workdir``.
+
+  Args:
+    config: the run's config (``config_lib.FIELDS``).
+    workdir: where the run's files go (``random_bases/workdir.py``).
+    mesh: for ``config.workers > 1``, the workers' devices (see ``Trainer``);
+      default: one device per worker, the first ``config.workers`` of
+      ``jax.devices()`` (every process's, after ``distributed.initialize``).
 
   Returns:
     ``{"state": final train state, "history": [metrics of the epochs run now],
     "stopped": early-stopping reason or None}``.
 
   Raises:
-    ValueError: an invalid config, or missing data, before anything is written.
+    ValueError: an invalid config, too few devices for the workers or a mesh
+      that cannot run them, or missing data, before anything is written.
     workdir_lib.WorkdirMismatch: the workdir holds a run of another config or
       other data (a ValueError), before anything is written.
     TrainingDiverged: a loss became NaN or infinite.
   """
   config_lib.validate(config)
+  mesh = distributed.resolve_mesh(config.workers, mesh)
   run = prepare_workdir(config, workdir)
-  trainer = Trainer(config, load_data(config))
+  trainer = Trainer(config, load_data(config), mesh=mesh)
   state, checkpoints, stopped = restore_or_init(config, trainer, run)
   logging.info(
-    "Model %s: %d trainable parameters; phases %s; %d steps per epoch",
+    "Model %s: %d trainable parameters; phases %s; %d steps per epoch; %d worker(s)",
     config.model,
     models.count_params(state["params"]),
     trainer.phases,
     trainer.steps_per_epoch,
+    config.workers,
   )
   first_epoch = int(state["epochs_done"])
-  writer = run.summary_writer(restored_step=int(state["step"]))
+  writer = None  # only process 0 writes metrics and TensorBoard
+  if distributed.is_primary():
+    writer = run.summary_writer(restored_step=int(state["step"]))
   progress = _Progress((config.train.epochs - first_epoch) * trainer.steps_per_epoch)
   history = []
   try:
@@ -606,6 +737,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, Any]:
     if checkpoints is not None:
       checkpoints.wait_until_finished()
       checkpoints.close()
-    writer.close()
-  finish(run, config)
+    if writer is not None:
+      writer.close()
+  if distributed.is_primary():
+    finish(run, config)
   return {"state": state, "history": history, "stopped": stopped}

@@ -48,6 +48,8 @@ import orbax.checkpoint as ocp
 import tensorboardX
 from absl import logging
 
+from random_bases import config_lib
+
 # Fields a rerun may change. None changes what any epoch computes (beyond
 # float rounding), so a resumed run ends as an uninterrupted run with the new
 # values would.
@@ -101,13 +103,29 @@ def differences(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   }
 
 
+def with_schema_defaults(record: dict) -> dict:
+  """A stored config as today's schema reads it (flat): newer fields take their defaults.
+
+  A run written before a field existed ran as that field's default does, so
+  resuming it with the default is no change of config.
+  """
+  flat = flatten(record)
+  for field in config_lib.FIELDS:
+    flat.setdefault(field.name, field.default)
+  return flat
+
+
 def config_record(config) -> dict:
   """The config as config.json stores it (a nested dict of JSON values)."""
   return json.loads(config.to_json_best_effort())
 
 
 def data_identity(dataset) -> dict:
-  """What the run trains and evaluates on; ``source`` (where it was found) is informative."""
+  """What the run trains and evaluates on.
+
+  ``source`` (where it was found) and ``description`` (its human-readable
+  name) are informative: a run may resume from data that moved.
+  """
   digest = hashlib.blake2b(digest_size=16)
   sizes = {"train": len(dataset.train_labels)}
   arrays = [dataset.train_images, dataset.train_labels]
@@ -122,6 +140,7 @@ def data_identity(dataset) -> dict:
     "images": sizes,
     "fingerprint": digest.hexdigest(),
     "source": dataset.source,
+    "description": dataset.description,
   }
 
 
@@ -210,7 +229,7 @@ class Workdir:
         f"that run. {_how_to_start_fresh(self.path)}"
       )
     with open(self.config_path) as f:
-      old = json.load(f)
+      old = with_schema_defaults(json.load(f))
     changed = {
       k: v for k, v in differences(old, config_record(config)).items() if k not in RESUMABLE_FIELDS
     }
@@ -234,7 +253,11 @@ class Workdir:
       return
     with open(self.data_path) as f:
       old = json.load(f)
-    changed = {k: v for k, v in differences(old, identity).items() if not k.startswith("source")}
+    changed = {
+      k: v
+      for k, v in differences(old, identity).items()
+      if not k.startswith(("source", "description"))
+    }
     if changed:
       lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
       raise WorkdirMismatch(
@@ -286,17 +309,24 @@ class Workdir:
       self.tensorboard_dir, purge_step=restored_step + 1, filename_suffix=f".{time.time_ns()}"
     )
 
-  def checkpoints(self) -> Checkpoints:
-    return Checkpoints(self.checkpoint_dir, corrupt_dir=self.corrupt_checkpoint_dir)
+  def checkpoints(self, *, remove_unfinished: bool = True) -> Checkpoints:
+    return Checkpoints(
+      self.checkpoint_dir,
+      corrupt_dir=self.corrupt_checkpoint_dir,
+      remove_unfinished=remove_unfinished,
+    )
 
 
 class Checkpoints:
   """Orbax checkpoints keyed by epoch; restoring falls back past unreadable ones."""
 
-  def __init__(self, directory: str, *, corrupt_dir: str, max_to_keep: int = 2):
+  def __init__(
+    self, directory: str, *, corrupt_dir: str, max_to_keep: int = 2, remove_unfinished: bool = True
+  ):
     self.directory = os.path.abspath(directory)
     self.corrupt_dir = corrupt_dir
-    if os.path.isdir(self.directory):
+    # Across processes only one removes them (the others pass False).
+    if remove_unfinished and os.path.isdir(self.directory):
       for name in sorted(os.listdir(self.directory)):
         if ORBAX_TMP_MARKER in name:
           logging.warning("Removing %s: a checkpoint a crash left unfinished", name)

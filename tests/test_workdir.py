@@ -110,6 +110,16 @@ def test_each_resumable_field_may_change(field, tmp_path):
   run.check_config(tiny_config(**{field: changed}))
 
 
+def test_a_run_recorded_before_a_field_existed_resumes_at_its_default(tmp_path):
+  run = write_run(tmp_path, tiny_config())
+  record = json.loads((tmp_path / "config.json").read_text())
+  del record["workers"]  # written by a version without the field
+  (tmp_path / "config.json").write_text(json.dumps(record))
+  run.check_config(tiny_config())  # workers=1, the default: the same run
+  with pytest.raises(workdir_lib.WorkdirMismatch, match="workers: 1 -> 2"):
+    run.check_config(tiny_config(workers=2))
+
+
 def test_fewer_epochs_than_the_checkpoints_hold_are_refused(tmp_path):
   run = write_run(tmp_path, tiny_config(**{"train.epochs": 3}), epochs=(1, 2, 3))
   (tmp_path / "checkpoints" / "3").mkdir(parents=True)

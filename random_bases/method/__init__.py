@@ -13,6 +13,7 @@ from random_bases.method.directions import (
   materialize_directions,
 )
 from random_bases.method.nes import FITNESS, centered_ranks, nes_gradient
+from random_bases.method.structured import STRUCTURES, StructuredBasis, hadamard_transform
 from random_bases.method.transform import ScaleByRandomBasesState, fpd, rbd, scale_by_random_bases
 
 __all__ = [
@@ -23,10 +24,13 @@ __all__ = [
   "FITNESS",
   "GENERATORS",
   "NORMALIZATIONS",
+  "STRUCTURES",
   "ScaleByRandomBasesState",
+  "StructuredBasis",
   "centered_ranks",
   "compartment_key",
   "fpd",
+  "hadamard_transform",
   "make_layout",
   "materialize_directions",
   "nes_gradient",

@@ -33,7 +33,9 @@ def centered_ranks(losses: jax.Array) -> jax.Array:
   """u_n = rank_n/(d - 1) - 0.5 with the highest loss ranked 0 (u = -0.5)."""
   d = losses.shape[0]
   order = jnp.argsort(-losses)  # worst first
-  ranks = jnp.zeros((d,), jnp.float32).at[order].set(jnp.arange(d, dtype=jnp.float32))
+  # zeros_like: ranks keep the losses' shard_map type (jax 0.10.2's argsort
+  # types its result device-invariant even for device-varying losses).
+  ranks = jnp.zeros_like(losses, jnp.float32).at[order].set(jnp.arange(d, dtype=jnp.float32))
   return ranks / max(d - 1, 1) - 0.5
 
 

@@ -13,6 +13,10 @@ it is in cache, so a single-worker step generates every direction once.
 
 A row's scale (1/||phi||, 1/sqrt(n E[x^2]) or 1) is applied to the products,
 not to the block, which saves a pass over the block.
+
+A structured basis (``structure='srht'`` or ``'fastfood'``, see
+``structured``) skips the loops: its products are a few Hadamard transforms
+(reverse mode), and its blocks are materialised only for forward mode.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from random_bases.method import directions as dirs
+from random_bases.method import structured
 
 # Elements per generated block when ``block_rows`` is None. On CPU, 2^21
 # float32 (8 MiB; 17 rows of the 122,570-parameter CNN) was the best
@@ -69,6 +74,9 @@ class Basis:
     generator: one of ``directions.GENERATORS``.
     block_rows: directions generated at a time; None picks
       ``default_block_rows(n, dim)``. Never more than ``dim``.
+    structure: ``'dense'`` (i.i.d. rows of ``distribution``), or ``'srht'``
+      or ``'fastfood'`` (``structured.StructuredBasis``; ``distribution`` is
+      not used).
   """
 
   key: jax.Array | None
@@ -79,6 +87,7 @@ class Basis:
   normalize: str
   generator: str
   block_rows: int | None = None
+  structure: str = "dense"
 
   def __post_init__(self):
     # Resolved once, so every loop over the basis sees the same block size
@@ -90,9 +99,23 @@ class Basis:
   def num_blocks(self) -> int:
     return -(-self.dim // self.block_rows)
 
+  def as_structured(self) -> structured.StructuredBasis:
+    """The structured basis of the same key, size and normalisation."""
+    return structured.StructuredBasis(
+      self.key,
+      n=self.n,
+      dim=self.dim,
+      structure=self.structure,
+      normalize=self.normalize,
+      generator=self.generator,
+    )
+
   def block(self, b: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Raw rows [B, n], their scales [B], and which rows exist (< dim)."""
     rows = b * self.block_rows + jnp.arange(self.block_rows)
+    if self.structure != "dense":
+      raw, scale = self.as_structured().rows(jnp.minimum(rows, self.dim - 1))
+      return raw, scale, rows < self.dim
     raw = dirs.sample_rows(
       dirs.row_keys(self.key, rows),
       self.n,
@@ -115,17 +138,33 @@ class Basis:
     return coords * scale
 
 
-def matvec_coordinates(g: jax.Array) -> CoordinateFn:
+@dataclasses.dataclass(frozen=True, eq=False)
+class MatvecCoordinates:
+  """Reverse mode: c_i = <g, phi_i> from the gradient g (a ``CoordinateFn``).
+
+  It keeps g, so a structured basis can apply all its rows to g at once.
+  """
+
+  g: jax.Array
+
+  def __call__(self, raw: jax.Array, scale: jax.Array) -> jax.Array:
+    return jnp.dot(raw, self.g, precision=jax.lax.Precision.HIGHEST) * scale
+
+
+def matvec_coordinates(g: jax.Array) -> MatvecCoordinates:
   """Reverse mode: c_i = <g, phi_i> from the gradient g."""
+  return MatvecCoordinates(g)
 
-  def coordinate_fn(raw, scale):
-    return jnp.dot(raw, g, precision=jax.lax.Precision.HIGHEST) * scale
 
-  return coordinate_fn
+def _transforms_apply(basis: Basis, coordinate_fn: CoordinateFn) -> bool:
+  """Whether the structured transforms compute the coordinates (reverse mode)."""
+  return basis.structure != "dense" and isinstance(coordinate_fn, MatvecCoordinates)
 
 
 def project(basis: Basis, coordinate_fn: CoordinateFn) -> jax.Array:
   """Coordinates c [dim] of every direction of ``basis``."""
+  if _transforms_apply(basis, coordinate_fn):
+    return basis.as_structured().project(coordinate_fn.g)
 
   def body(_, b):
     raw, scale, valid = basis.block(b)
@@ -137,7 +176,10 @@ def project(basis: Basis, coordinate_fn: CoordinateFn) -> jax.Array:
 
 def expand(basis: Basis, coords: jax.Array, out: jax.Array | None = None) -> jax.Array:
   """``out + Phi^T coords``: the sum of the directions weighted by coords."""
-  out = jnp.zeros((basis.n,), jnp.float32) if out is None else out
+  if basis.structure != "dense":
+    return basis.as_structured().expand(coords, out)
+  # zeros_like keeps coords' shard_map type (device-varying or not) for the loop carry.
+  out = jnp.zeros_like(coords, jnp.float32, shape=(basis.n,)) if out is None else out
 
   def body(u, xs):
     b, c = xs
@@ -151,6 +193,8 @@ def expand(basis: Basis, coords: jax.Array, out: jax.Array | None = None) -> jax
 
 def project_and_expand(basis: Basis, coordinate_fn: CoordinateFn) -> tuple[jax.Array, jax.Array]:
   """(c, Phi^T c) in one pass: each block is generated once and used twice."""
+  if _transforms_apply(basis, coordinate_fn):
+    return basis.as_structured().project_and_expand(coordinate_fn.g)
 
   def body(u, b):
     raw, scale, valid = basis.block(b)

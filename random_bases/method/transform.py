@@ -17,7 +17,7 @@ import optax
 from random_bases.checks import check_choice
 from random_bases.method import compartments as comp_lib
 from random_bases.method import directions as dirs
-from random_bases.method import projection
+from random_bases.method import projection, structured
 
 
 @jax.tree_util.register_static
@@ -125,6 +125,7 @@ def scale_by_random_bases(
   axis_name: str | None = None,
   generator: str = dirs.DEFAULT_GENERATOR,
   block_rows: int | None = None,
+  structure: str = "dense",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects the gradient onto a random subspace and back.
 
@@ -159,6 +160,10 @@ def scale_by_random_bases(
   bases from its gradient, the K workers exchange only their coordinates (one
   ``all_gather`` of K x d floats), and every worker regenerates all K bases to
   apply the same update :math:`u = \sum_w P^w_t c^w` (Alg. 1 of the paper).
+  Under ``shard_map``'s default checks the update is device-invariant, so
+  parameters stay replicated; take each worker's gradient at its own copy,
+  ``jax.grad(loss)(jax.lax.pcast(params, axis_name, to="varying"), ...)``,
+  or JAX all-reduces the D-float gradient over the workers first.
 
   Args:
     d: number of directions: the total when ``allocation='proportional'``,
@@ -186,6 +191,14 @@ def scale_by_random_bases(
     block_rows: directions generated at a time, a speed/memory knob only (the
       update does not depend on it beyond float rounding). Default: rows of
       ``projection.DEFAULT_BLOCK_ELEMENTS`` elements, 16 in forward mode.
+    structure: ``'dense'`` (i.i.d. directions, the paper), ``'srht'``
+      (random rows of a randomly signed Hadamard matrix: +-1 entries,
+      orthogonal rows) or ``'fastfood'`` (rows of S H G Pi H B,
+      Gaussian-like). Structured bases cost O(N log N) per compartment and
+      step whatever d is (N = n_k padded to a power of two) and fix their own
+      entries, so they take only the default ``distribution='normal'``; in
+      forward mode their directions are materialised a block at a time. See
+      ``random_bases.method.structured``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. ``init`` checks the
@@ -217,6 +230,12 @@ def scale_by_random_bases(
   comp_lib.validate_scheme(compartments)
   check_choice("distribution", distribution, dirs.DISTRIBUTIONS)
   check_choice("generator", generator, dirs.GENERATORS)
+  check_choice("structure", structure, structured.STRUCTURES)
+  if structure != "dense" and distribution != "normal":
+    raise ValueError(
+      f"distribution={distribution!r} applies to dense bases only: structure="
+      f"{structure!r} fixes its own entries; leave distribution at 'normal'"
+    )
   normalize_mode = _normalize_mode(normalize)
   if block_rows is not None and (
     isinstance(block_rows, bool) or not isinstance(block_rows, int) or block_rows < 1
@@ -270,6 +289,7 @@ def scale_by_random_bases(
         normalize=normalize_mode,
         generator=generator,
         block_rows=rows,
+        structure=structure,
       )
       for c in layout.compartments
     ]
@@ -288,7 +308,14 @@ def scale_by_random_bases(
       coords = jnp.concatenate(
         [projection.project(basis_for(k, worker), fn) for k, fn in enumerate(coordinate_fns)]
       )
-      every_worker = jax.lax.all_gather(coords, axis_name)  # [K, d]
+      # Under shard_map's default checks the gathered coordinates are typed
+      # the same on every worker, so the expansion loop and the update stay
+      # device-invariant (parameters stay replicated). vmap, and shard_map
+      # with check_vma=False, type nothing by device.
+      gathered_type = (
+        "invarying" if axis_name in jax.typeof(coords).manual_axis_type.varying else "varying"
+      )
+      every_worker = jax.lax.all_gather(coords, axis_name, to=gathered_type)  # [K, d]
       offsets = [sum(c.dim for c in layout.compartments[:k]) for k in range(len(bases))]
       pieces = []
       for k, basis in enumerate(bases):
@@ -338,6 +365,7 @@ def rbd(
   axis_name: str | None = None,
   generator: str = dirs.DEFAULT_GENERATOR,
   block_rows: int | None = None,
+  structure: str = "dense",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Random bases descent: :math:`\theta \leftarrow \theta - \eta P_t P_t^\top g`.
 
@@ -360,6 +388,7 @@ def rbd(
     axis_name: mapped axis of the workers, or None for a single worker.
     generator: the random-number generator, ``'hash'`` or ``'threefry'``.
     block_rows: directions generated at a time (speed/memory only).
+    structure: ``'dense'``, ``'srht'`` or ``'fastfood'`` directions.
 
   Returns:
     ``optax.chain(scale_by_random_bases(d, ...),
@@ -384,6 +413,7 @@ def rbd(
       axis_name=axis_name,
       generator=generator,
       block_rows=block_rows,
+      structure=structure,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -401,6 +431,7 @@ def fpd(
   axis_name: str | None = None,
   generator: str = dirs.DEFAULT_GENERATOR,
   block_rows: int | None = None,
+  structure: str = "dense",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Fixed projection descent: ``rbd`` with ``redraw=False``.
 
@@ -418,6 +449,8 @@ def fpd(
     axis_name: mapped axis of the workers, or None for a single worker.
     generator: the random-number generator, ``'hash'`` or ``'threefry'``.
     block_rows: directions generated at a time (speed/memory only).
+    structure: ``'dense'``, ``'srht'`` or ``'fastfood'`` directions (with
+      ``'fastfood'`` this is Li et al.'s Fastfood projection).
 
   Returns:
     ``rbd(learning_rate, d, redraw=False, ...)``.
@@ -438,4 +471,5 @@ def fpd(
     axis_name=axis_name,
     generator=generator,
     block_rows=block_rows,
+    structure=structure,
   )
