@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -64,7 +65,7 @@ DIMS = (250, 10_000)
 # steps); the update grows with d (Fig. B.7 lowers the rate with d).
 GRIDS = {250: (2, 3, 4, 5), 10_000: (0, 1, 2)}
 BATCH = 32
-LOG_EVERY = 10  # steps per jitted chunk
+CHECK_EVERY = 10  # steps between checks for divergence
 
 
 def load(task: str, args) -> dict:
@@ -105,28 +106,30 @@ def train(task_data: dict, *, structure: str | None, d: int, lr: float, seed: in
     logits = model.apply({"params": p}, images, train=True)
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
-  def one_step(carry, t):
-    p, s = carry
+  # One jitted step per dispatch: XLA:CPU runs convolutions inside a loop
+  # body (lax.scan) several times slower (BENCHMARKS.md, "Through the trainer").
+  # The data are arguments: captured, they would be compiled in as constants.
+  @functools.partial(jax.jit, donate_argnums=(0, 1))
+  def one_step(p, s, t, train_x, train_y):
     index = jax.random.randint(jax.random.fold_in(batch_key, t), (BATCH,), 0, len(train_y))
     images = preprocess.preprocess_eval_batch(train_x[index], dataset=dataset)
     loss, g = jax.value_and_grad(loss_fn)(p, images, train_y[index])
     u, s = tx.update(g, s)
-    flat_u, flat_g = (jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(t)]) for t in (u, g))
+    flat_u, flat_g = (jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(v)]) for v in (u, g))
     cos = jnp.dot(flat_u, flat_g) / (jnp.linalg.norm(flat_u) * jnp.linalg.norm(flat_g) + 1e-30)
     p = jax.tree.map(lambda a, b: a - lr * b, p, u)
-    return (p, s), (loss, cos)
-
-  @jax.jit
-  def chunk(p, s, start):
-    (p, s), out = jax.lax.scan(one_step, (p, s), start + jnp.arange(LOG_EVERY))
-    return p, s, out
+    return p, s, loss, cos
 
   losses, cosines = [], []
   began = time.perf_counter()
-  for start in range(0, steps, LOG_EVERY):
-    params, opt_state, (loss, cos) = chunk(params, opt_state, start)
-    losses += np.asarray(loss).tolist()
-    cosines += np.asarray(cos).tolist()
+  for start in range(0, steps, CHECK_EVERY):
+    chunk = []
+    for t in range(start, start + CHECK_EVERY):
+      step = jnp.asarray(t, jnp.int32)
+      params, opt_state, loss, cos = one_step(params, opt_state, step, train_x, train_y)
+      chunk.append((loss, cos))
+    losses += [float(loss) for loss, _ in chunk]
+    cosines += [float(cos) for _, cos in chunk]
     if not np.isfinite(losses[-1]):
       break
   seconds = time.perf_counter() - began
@@ -341,8 +344,8 @@ def main(argv=None):
   parser.add_argument("--eval-images", type=int, default=2000)
   parser.add_argument("--out", default="results/structured_bases.md")
   args = parser.parse_args(argv)
-  if args.steps % LOG_EVERY or args.large_steps % LOG_EVERY:
-    parser.error(f"--steps and --large-steps must be multiples of {LOG_EVERY}")
+  if args.steps % CHECK_EVERY or args.large_steps % CHECK_EVERY:
+    parser.error(f"--steps and --large-steps must be multiples of {CHECK_EVERY}")
   results = run_all(args)
   results["argv"] = sys.argv[1:] if argv is None else argv
   results["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -78,7 +78,7 @@ def shared_dataset(*parts):
       f"{'/'.join(parts)}: RANDOM_BASES_DATA_DIR is not set (point "
       "it at the shared datasets, e.g. ../shared/datasets)"
     )
-  return require_data(pathlib.Path(DATA_ROOT, *parts), "/".join(parts))
+  return require_data(pathlib.Path(DATA_ROOT, *parts).resolve(), "/".join(parts))
 
 
 def mnist_fc_problem(num_test=None):
