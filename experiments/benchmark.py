@@ -8,7 +8,7 @@ the library's default settings unless a row says otherwise:
   python experiments/benchmark.py --runs 2      # everything twice, and the spread (~7 min)
   python experiments/benchmark.py --quick       # CNN at d = 250 and 10,000 only (~30 s)
   python experiments/benchmark.py --models cnn --dims 250,1000,10000 --steps 7
-  python experiments/benchmark.py --structure srht,fastfood   # structured bases (~6 min)
+  python experiments/benchmark.py --structure srht,fastfood   # structured bases (~8 min)
 
 With ``--structure`` the tables hold SGD, dense RBD at d = 250 for
 reference, and RBD with each structured basis at --dims (default 250, 10,000

@@ -100,12 +100,13 @@ def hadamard_transform(x: jax.Array) -> jax.Array:
 
   H_N = H_{2^b1} (x) ... (x) H_{2^bk} with factors of at most
   ``KRONECKER_FACTOR_BITS`` bits: x is reshaped to one axis per factor and
-  each small dense H is applied along its axis, a matmul. On 2 CPU cores it
-  ran a little faster than a butterfly of log2 N sum-and-difference stages
-  (N = 2^17: 0.8 against 1.0 ms alone, 3.5 against 4.0 ms for Fastfood's four
-  transforms and the rest of its products; BENCHMARKS.md). On GPU and TPU
-  the matmuls run on the matrix units (not measured: no accelerator was
-  available).
+  each small dense H is applied along its axis, a matmul. On 2 CPU cores a
+  butterfly of log2 N sum-and-difference stages ran 20 % faster alone (N =
+  2^17: 0.65-0.71 against 0.79-0.89 ms), but inside Fastfood's products,
+  where XLA fuses the transforms with the gathers and scalings around them,
+  this factorisation was 10-35 % faster (2.5-3.8 against 3.7-4.3 ms;
+  BENCHMARKS.md). On GPU and TPU the matmuls run on the matrix units (not
+  measured: no accelerator was available).
 
   Args:
     x: float array [..., N], N a power of two.
