@@ -6,10 +6,11 @@ PAPER.md (§3.1.1): the CNN's five layers each get their own basis of 250
 directions (bases.compartments = "module", allocation "fixed"), against one
 basis of d = 1250 over all parameters; the compartments win by 0.64 +- 0.27,
 1.02 +- 0.17 and 3.85 +- 0.64 points on MNIST, FMNIST and CIFAR-10. 100
-epochs as Table 1; both take the pair's RBD rate (each row prints it).
+epochs as Table 1; both take the pair's d = 250 RBD rate scaled by
+250 / 1250 (configs/learning_rates.py ``for_total_d``; each row prints it).
 """
 
-from configs import common
+from configs import common, learning_rates
 
 EPOCHS = 100
 DATASETS = ("mnist", "fashion_mnist", "cifar10")
@@ -19,7 +20,13 @@ PAPER_GAIN = {"mnist": (0.64, 0.27), "fashion_mnist": (1.02, 0.17), "cifar10": (
 
 def _entries(dataset):
   pair = common.pair_name("cnn", dataset)
-  rbd = common.method_run("cnn", dataset, "rbd")
+  # Both arms have 1,250 directions: the pair's d = 250 rate scaled to them.
+  rate = learning_rates.for_total_d(learning_rates.rate("cnn", dataset, "rbd"), 1250)
+  rbd = {
+    **common.method_run("cnn", dataset, "rbd"),
+    "learning_rate.rbd": rate.value,
+    "rate": str(rate),
+  }
   return [
     {
       "name": f"{pair} per layer 5 x 250",
@@ -34,8 +41,8 @@ def _entries(dataset):
       "name": f"{pair} one basis 1250",
       "label": "one basis 1250",
       "panel": pair,
+      **rbd,
       "bases.d": 1250,
-      **common.method_run("cnn", dataset, "rbd", d=1250),
     },
   ]
 

@@ -302,6 +302,10 @@ def head(report: dict, header: list[tuple[str, str]], statuses: list[dict | None
   items = [*header, ("Written", now)]
   if statuses:
     items.append(("Code of the runs", code_of_runs(statuses)))
+    ended = [status["wall_seconds"] for status in statuses if status and "wall_seconds" in status]
+    items.append(
+      ("Wall time", f"{format_seconds(sum(ended))} over {len(ended)} finished run(s), summed")
+    )
   return [f"# {report['title']}", "", f"**Scale: {report['scale']}**", ""] + [
     f"- {label}: {text}" for label, text in items
   ]

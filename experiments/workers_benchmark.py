@@ -54,7 +54,6 @@ MODELS = (
   ("resnet8", "cifar10"),
   ("resnet32", "cifar10"),
 )
-IMAGE_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 COMMUNICATION_WORKERS, COMMUNICATION_D = 8, 250
 COST_WORKERS = (1, 2, 4, 8)
 
@@ -78,9 +77,10 @@ def synthetic_dataset(dataset: str, num_train: int):
   import numpy as np
 
   from random_bases import data
+  from random_bases.data import sources
 
   rng = np.random.default_rng(0)
-  shape = IMAGE_SHAPES[dataset]
+  shape = sources.image_shape(dataset)
   images = rng.integers(0, 256, (num_train, *shape), dtype=np.uint8)
   labels = rng.integers(0, 10, num_train).astype(np.int32)
   return data.Dataset(

@@ -29,11 +29,8 @@ from random_bases.method import structured
 METHODS = ("sgd", "rbd", "fpd", "nes")
 COORDINATES = ("reverse", "forward")
 
-# What validate knows about each dataset before loading it (PAPER.md): the
-# image shape, the size of the full training split, and the shipped sample's.
-IMAGE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-TRAIN_SIZES = {"mnist": 60_000, "fashion_mnist": 60_000, "cifar10": 50_000}
-SAMPLE_TRAIN_SIZE = 2_000
+# Every dataset of the paper has 10 classes; the data layer (sources) knows
+# each one's image shape and training-split size before loading it.
 NUM_CLASSES = 10
 
 
@@ -319,7 +316,7 @@ def num_train_images(config) -> int | None:
   if data.source in ("auto", "folder"):
     return None
   sample = data.source == "sample"
-  total = SAMPLE_TRAIN_SIZE if sample else TRAIN_SIZES[data.dataset]
+  total = sources.SAMPLE_TRAIN_SIZE if sample else sources.train_size(data.dataset)
   holdout_size = data.holdout_size
   if sample:  # the data layer caps the sample's holdout
     holdout_size = min(holdout_size, int(sources.SAMPLE_MAX_HOLDOUT_FRACTION * total))
@@ -357,7 +354,7 @@ def steps_per_epoch(config, num_train: int) -> int:
 def param_shapes(model: str, dataset: str):
   """The model's parameter pytree as ShapeDtypeStructs; nothing is computed."""
   module = models.create_model(model, num_classes=NUM_CLASSES)
-  images = jax.ShapeDtypeStruct((1, *IMAGE_SHAPES[dataset]), jax.numpy.float32)
+  images = jax.ShapeDtypeStruct((1, *sources.image_shape(dataset)), jax.numpy.float32)
   variables = jax.eval_shape(functools.partial(module.init, train=False), jax.random.key(0), images)
   return variables["params"]
 

@@ -190,7 +190,12 @@ def test_rates_prefer_ours_then_the_papers(monkeypatch):
   monkeypatch.setitem(learning_rates.TUNED, ("cnn", "cifar10", "rbd", 250, "normal"), 2)
   assert str(rate("fc", "mnist", "sgd")) == "2^-4 (tuned)"
   assert rate("fc", "mnist", "sgd", d=10).log2 == -4  # SGD has no d
-  assert rate("cnn", "cifar10", "rbd", d=10).source == "paper Fig. B.7"  # exact key first
+  # Fig. B.7's rate at d = 10 (2^-1) moves with ours at d = 250 (2 = Table 4's -3 + 5).
+  assert (rate("cnn", "cifar10", "rbd", d=10).log2, rate("cnn", "cifar10", "rbd", d=10).source) == (
+    4,
+    "paper Fig. B.7's 2^-1 +5 (ours - Table 4's at d=250)",
+  )
+  assert rate("cnn", "cifar10", "rbd", distribution="uniform").log2 == 1  # B.15 as given
   assert (rate("cnn", "cifar10", "rbd", d=2).log2, rate("cnn", "cifar10", "rbd", d=2).source) == (
     2,
     "tuned at d=250, normal",
@@ -200,6 +205,18 @@ def test_rates_prefer_ours_then_the_papers(monkeypatch):
   assert rate("cnn", "cifar10", "nes").source == "untuned default"
   with pytest.raises(ValueError, match="no learning rate for method='fpd'"):
     rate("resnet32", "cifar10", "fpd")
+
+
+def test_a_rate_for_more_directions_keeps_eta_times_d():
+  tuned = learning_rates.Rate(4, "tuned")
+  # 250 / 7,982 = 2^-5.0, 250 / 1,250 = 2^-2.3, 250 / 1,018 = 2^-2.03: nearest powers.
+  assert [learning_rates.for_total_d(tuned, d).log2 for d in (7_982, 1_250, 1_018, 250)] == [
+    -1,
+    2,
+    2,
+    4,
+  ]
+  assert str(learning_rates.for_total_d(tuned, 1_250)) == "2^2 (2^4 (tuned) x 250 / 1,250)"
 
 
 @pytest.mark.parametrize("name", SWEEP_CONFIGS)

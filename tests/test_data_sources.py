@@ -75,6 +75,8 @@ def test_load_mnist_validation_holdout(mnist_dir, mnist_raw, mnist_validation):
   val_x, val_y = ds.eval_splits["validation"]
   test_x, test_y = ds.eval_splits["test"]
   assert ds.train_images.shape == (50000, 28, 28, 1) and len(ds.train_labels) == 50000
+  # The sizes validate() checks against before loading (10,000 held out).
+  assert len(ds.train_labels) + len(val_y) == sources.train_size("mnist") == 60000
   assert val_x.shape == (10000, 28, 28, 1) and len(val_y) == 10000
   assert test_x.shape == (10000, 28, 28, 1) and len(test_y) == 10000
   for x, y in ((ds.train_images, ds.train_labels), (val_x, val_y), (test_x, test_y)):
@@ -226,7 +228,8 @@ def test_sample_source(mnist_raw, caplog):
   ds = data.load_dataset("mnist", source="sample", holdout="none")
   assert ds.is_sample and ds.source == "sample"
   assert "NOT the full dataset" in ds.description
-  assert ds.train_images.shape == (2000, 28, 28, 1) and ds.train_images.dtype == np.uint8
+  assert ds.train_images.shape == (sources.SAMPLE_TRAIN_SIZE, *sources.image_shape("mnist"))
+  assert sources.SAMPLE_TRAIN_SIZE == 2000 and ds.train_images.dtype == np.uint8
   assert ds.train_labels.dtype == np.int32
   assert ds.eval_splits["test"][0].shape == (1000, 28, 28, 1)
   assert "SAMPLE" in caplog.text

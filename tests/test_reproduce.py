@@ -156,6 +156,7 @@ def test_results_table_against_the_paper(rows):
   assert f"- {MNIST} (images: {{'train': 50000}})" in lines
   assert "- a note" in lines
   assert "- Code of the runs: not recorded (3 runs)" in lines  # the killed run has no status
+  assert "- Wall time: 1m50s over 3 finished run(s), summed" in lines  # 40 + 60 + 10 s
 
 
 def test_a_row_without_runs_says_so(tmp_path):

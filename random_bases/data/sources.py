@@ -61,6 +61,9 @@ SAMPLE_PATH = pathlib.Path(
   str(importlib.resources.files("random_bases") / "sample_data" / "mnist_sample.npz")
 )
 
+# Training images in the MNIST sample shipped with the package (SAMPLE_PATH).
+SAMPLE_TRAIN_SIZE = 2_000
+
 # Bumped whenever the cached arrays would change for the same image folder.
 _FOLDER_CACHE_VERSION = 2  # 2: splits in a fixed shuffled order
 
@@ -70,6 +73,7 @@ class _DatasetInfo:
   title: str
   tfds_name: str
   image_shape: tuple[int, int, int]
+  train_size: int  # images in the official training split
   num_classes: int
   file_format: str  # "idx" or "cifar"
   # Sub-folders tried under a data root ($RANDOM_BASES_DATA_DIR or data_dir).
@@ -86,6 +90,7 @@ _INFO = {
     title="MNIST",
     tfds_name="mnist",
     image_shape=(28, 28, 1),
+    train_size=60_000,
     num_classes=10,
     file_format="idx",
     subdirs=("mnist", "MNIST"),
@@ -105,6 +110,7 @@ _INFO = {
     title="Fashion-MNIST",
     tfds_name="fashion_mnist",
     image_shape=(28, 28, 1),
+    train_size=60_000,
     num_classes=10,
     file_format="idx",
     subdirs=("fashion_mnist", "fashion-mnist"),
@@ -123,6 +129,7 @@ _INFO = {
     title="CIFAR-10",
     tfds_name="cifar10",
     image_shape=(32, 32, 3),
+    train_size=50_000,
     num_classes=10,
     file_format="cifar",
     subdirs=("cifar10", "cifar-10", readers.CIFAR_SUBDIR),
@@ -185,6 +192,16 @@ class Dataset:
 
 # Loaded splits: {"train": (images, labels), "test": (images, labels)}.
 _Splits = dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def image_shape(name: str) -> tuple[int, int, int]:
+  """The dataset's image shape (height, width, channels)."""
+  return _INFO[name].image_shape
+
+
+def train_size(name: str) -> int:
+  """Images in the dataset's official training split."""
+  return _INFO[name].train_size
 
 
 def _absolute(path: str | os.PathLike[str]) -> pathlib.Path:
