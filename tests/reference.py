@@ -7,6 +7,9 @@ the library's block-wise loops are checked against plain dense algebra.
 
 import os
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +52,8 @@ def flat(tree):
 
 # Read once, at import: tests that change the variable to test the library's
 # own search must not move the real data they compare against.
+# The repository root: fresh processes run there.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA_ROOT = os.environ.get("RANDOM_BASES_DATA_DIR", "")
 
 
@@ -132,18 +137,67 @@ def update_checksum_in_fresh_process(generator=None):
 
   generator=None uses the library's default.
   """
-  import os
-  import subprocess
-  import sys
-
   argument = "" if generator is None else f", generator={generator!r}"
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   out = subprocess.run(
     [sys.executable, "-c", CHECKSUM_SCRIPT.format(generator=argument)],
     check=True,
-    cwd=root,
+    cwd=ROOT,
     capture_output=True,
     text=True,
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
   ).stdout.split()
   return [float(v) for v in out]
+
+
+EIGHT_DEVICE_SCRIPT = """
+      import jax, jax.numpy as jnp, numpy as np, optax, random_bases as rb
+      from jax.sharding import Mesh, PartitionSpec as P
+      K = 8
+      X = jax.random.normal(jax.random.key(0), (K, 16, 5))
+      Y = jnp.sin(X.sum(-1))
+      params = {{"w": jnp.zeros((5, 7)), "v": jnp.zeros((7,))}}
+      def loss(p, x, y):
+        return jnp.mean((jnp.tanh(x @ p["w"] + 0.1) @ p["v"] - y) ** 2)
+      tx = rb.rbd(0.5, 6, seed=3, axis_name="workers", compartments="leaf",
+                  allocation="fixed"{extra})
+      def step(p, s, x, y):
+        g = jax.grad(loss)(p, x, y)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+      def run(mapped):
+        p, s = params, tx.init(params)
+        traj = []
+        for t in range({steps}):
+          p, s = mapped(p, s, X, Y)
+          traj.append(np.concatenate([np.ravel(p["v"]), np.ravel(p["w"])]))
+        return np.stack(traj)
+      one = jax.jit(jax.vmap(step, in_axes=(None, None, 0, 0), out_axes=None,
+                             axis_name="workers"))
+      mesh = Mesh(np.array(jax.devices()), ("workers",))
+      many = jax.jit(jax.shard_map(
+          lambda p, s, x, y: step(p, s, x[0], y[0]), mesh=mesh,
+          in_specs=(P(), P(), P("workers"), P("workers")), out_specs=(P(), P()),
+          check_vma=False))
+      a, b = run(one), run(many)
+      # The workers' only collective: one all-gather of K x d coordinates.
+      hlo = many.lower(params, tx.init(params), X, Y).as_text()
+      assert hlo.count('stablehlo.all_gather"') == 1 and "tensor<8x12xf32>" in hlo, hlo
+      assert "all_reduce" not in hlo and "reduce_scatter" not in hlo
+      assert len(jax.devices()) == 8
+      assert np.abs(a[-1] - a[0]).max() > 1e-3, "the trajectory must move"
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+      print("max difference", np.abs(a - b).max())
+  """
+
+
+def assert_one_and_eight_devices_agree(*, steps: int, extra_rbd_kwargs: str = "") -> None:
+  """8 workers (8 XLA CPU devices, shard_map) equal 8 vmapped ones on 1 device.
+
+  Runs in a fresh process, since the device count is fixed when jax starts.
+  Also checks the step's only collective is one all-gather of K x d
+  coordinates. ``extra_rbd_kwargs`` is Python source appended to ``rb.rbd``'s
+  arguments (for example ``', structure="srht"'``).
+  """
+  script = textwrap.dedent(EIGHT_DEVICE_SCRIPT).format(extra=extra_rbd_kwargs, steps=steps)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+  subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT)
