@@ -116,15 +116,7 @@ def single(arg, *, epochs: int, entry: dict):
 
 def apply(config, overrides: dict) -> None:
   """Sets the dotted config fields of ``overrides`` (meta keys skipped)."""
-  for name, value in overrides.items():
-    if name in META_KEYS:
-      continue
-    config_lib.check_field_name(name)
-    *groups, leaf = name.split(".")
-    node = config
-    for group in groups:
-      node = node[group]
-    node[leaf] = value
+  config_lib.set_fields(config, {k: v for k, v in overrides.items() if k not in META_KEYS})
 
 
 def method_run(

@@ -235,6 +235,17 @@ def check_field_name(name: str) -> None:
     node = node[part]
 
 
+def set_fields(config, fields: dict[str, Any]) -> None:
+  """Sets each dotted field of ``fields`` in ``config``, checking its name first."""
+  for name, value in fields.items():
+    check_field_name(name)
+    *groups, leaf = name.split(".")
+    node = config
+    for group in groups:
+      node = node[group]
+    node[leaf] = value
+
+
 def describe(config=None) -> str:
   """Every field with its value (``config``'s, else the default) and meaning."""
   values = field_values(config) if config is not None else {}

@@ -15,12 +15,7 @@ def sample_config(**overrides):
   config.data.source = "sample"
   config.data.holdout_size = 400
   config.train.epochs = 1
-  for dotted, value in overrides.items():
-    *groups, leaf = dotted.split(".")
-    node = config
-    for group in groups:
-      node = node[group]
-    node[leaf] = value
+  config_lib.set_fields(config, overrides)
   return config
 
 

@@ -32,12 +32,7 @@ def tiny_config(method="rbd", **overrides):
   config.train.steps_per_epoch = 30
   config.train.log_every_steps = 15
   config.train.eval_examples = 300
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config_lib.set_fields(config, overrides)
   return config
 
 

@@ -38,12 +38,7 @@ def small_config(method="rbd", **overrides):
   config.train.log_every_steps = 2
   config.train.eval_examples = 200
   config.train.eval_batch_size = 200
-  for dotted, value in overrides.items():
-    node = config
-    *parents, leaf = dotted.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
+  config_lib.set_fields(config, overrides)
   return config
 
 
