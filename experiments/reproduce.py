@@ -45,7 +45,6 @@ import functools
 import hashlib
 import importlib.util
 import json
-import logging as python_logging
 import os
 import platform
 import re
@@ -485,13 +484,6 @@ def reproduce(
   return written
 
 
-class _QuietLibraries:
-  """Drops orbax's per-save INFO chatter so the progress lines stay readable."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def _define_flags() -> None:
   flags.DEFINE_string("config", None, "configs/<name>.py[:arg]", required=True)
   flags.DEFINE_list("seeds", ["0"], "seeds, each entry runs once per seed")
@@ -511,7 +503,7 @@ def _define_flags() -> None:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  workdir_lib.quiet_orbax_logs()
   values = flags.FLAGS
   try:
     seeds = [int(s) for s in values.seeds]

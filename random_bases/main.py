@@ -15,7 +15,6 @@ environment): ``jax.distributed.initialize``.
 from __future__ import annotations
 
 import ast
-import logging as python_logging
 import os
 import re
 import sys
@@ -63,13 +62,6 @@ flags.DEFINE_bool(
 
 # How ml_collections recognises an override: --config.a.b[=v] or --noconfig.a.b.
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
-
-
-class _QuietLibraries:
-  """Drops orbax's per-save INFO chatter so the progress lines stay readable."""
-
-  def filter(self, record) -> bool:
-    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -138,7 +130,7 @@ def main(argv):
     raise app.UsageError(
       "--config and --workdir are required (--describe lists the config files and fields)"
     )
-  logging.get_absl_logger().addFilter(_QuietLibraries())
+  workdir_lib.quiet_orbax_logs()
   process_flags = (FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   if FLAGS.distributed or any(flag is not None for flag in process_flags):
     try:

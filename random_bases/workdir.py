@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging as python_logging
 import math
 import os
 import shutil
@@ -49,6 +50,19 @@ import tensorboardX
 from absl import logging
 
 from random_bases import config_lib
+
+
+class _QuietOrbax:
+  """Drops orbax's per-save INFO chatter so the progress lines stay readable."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def quiet_orbax_logs() -> None:
+  """Filters orbax's INFO records out of absl logging (entry points call this once)."""
+  logging.get_absl_logger().addFilter(_QuietOrbax())
+
 
 # Fields a rerun may change. None changes what any epoch computes (beyond
 # float rounding), so a resumed run ends as an uninterrupted run with the new
