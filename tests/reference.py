@@ -45,6 +45,23 @@ def dense_basis(seed, step, worker, compartment, dim, n, distribution="normal", 
   return rows.T
 
 
+def block_projection(vectors, groups, dims, *, seed=0, step=0, worker=0, **basis_kw):
+  """Block-diagonal P P^T g built by hand, leaf by leaf.
+
+  vectors: {leaf name: flat float64 gradient}; groups: the compartments, each
+  a list of leaf names in their order in the flat vector; dims: d_k of each.
+  Returns {leaf name: flat float64 update}.
+  """
+  result = {}
+  for c, names in enumerate(groups):
+    v = np.concatenate([vectors[name] for name in names])
+    p = dense_basis(seed, step, worker, c, dims[c], len(v), **basis_kw)
+    u = p @ (p.T @ v)
+    sizes = [len(vectors[name]) for name in names]
+    result.update(zip(names, np.split(u, np.cumsum(sizes)[:-1])))
+  return result
+
+
 def flat(tree):
   """Leaves concatenated in pytree order, as float64 numpy."""
   return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])

@@ -214,10 +214,10 @@ def test_gradient_of_other_parameters_is_rejected_at_trace_time():
   # used to return an update.
   g = jnp.ones(20)
   tx = rb.rbd(0.1, 2)
-  with pytest.raises(ValueError, match=r"missing 'w' \(20,\); unexpected 'v' \(20,\)"):
+  with pytest.raises(ValueError, match=r"missing 'w' \(20,\) float32; unexpected 'v' \(20,\)"):
     tx.update({"v": g}, tx.init({"w": g}), {"v": g})
   # inject_hyperparams builds a new rbd for every update: the check lives in
   # the state, not in the transformation.
   wrapped = optax.inject_hyperparams(rb.rbd, static_args="d")(learning_rate=0.1, d=2)
-  with pytest.raises(ValueError, match=r"missing 'w' \(20,\); unexpected 'v' \(20,\)"):
+  with pytest.raises(ValueError, match=r"missing 'w' \(20,\) float32; unexpected 'v' \(20,\)"):
     jax.jit(wrapped.update)({"v": g}, wrapped.init({"w": g}), {"v": g})

@@ -1,5 +1,6 @@
 """scale_by_random_bases / rbd / fpd against explicit dense references."""
 
+import collections
 import os
 
 import jax
@@ -63,14 +64,10 @@ def expected_update(g, groups, dims, *, seed=0, step=0, worker=0, **basis_kw):
       p = reference.dense_basis(seed, step, worker, c, dims[c], hi - lo, **basis_kw)
       out[lo:hi] = p @ (p.T @ flat[lo:hi])
     return dict(zip(PATHS, np.split(out, np.cumsum([SIZES[p] for p in PATHS])[:-1])))
-  result = {}
-  for c, paths in enumerate(groups):
-    v = np.concatenate([leaf(g, p) for p in paths])
-    p = reference.dense_basis(seed, step, worker, c, dims[c], len(v), **basis_kw)
-    u = p @ (p.T @ v)
-    for path, piece in zip(paths, np.split(u, np.cumsum([SIZES[q] for q in paths])[:-1])):
-      result[path] = piece
-  return result
+  vectors = {path: leaf(g, path) for path in PATHS}
+  return reference.block_projection(
+    vectors, groups, dims, seed=seed, step=step, worker=worker, **basis_kw
+  )
 
 
 def assert_update_matches(update, want, rtol=2e-5, atol=2e-6):
@@ -392,11 +389,11 @@ def test_more_directions_than_parameters_was_an_update_longer_than_the_gradient(
     (
       {"v": jnp.ones(20)},
       r"updates does not match the parameters given to init: "
-      r"missing 'w' \(20,\); unexpected 'v' \(20,\)",
+      r"missing 'w' \(20,\) float32; unexpected 'v' \(20,\) float32",
     ),
     ({"w": jnp.ones(21)}, r"'w' has shape \(21,\), expected \(20,\)"),
     ({"w": jnp.ones((4, 5))}, r"'w' has shape \(4, 5\), expected \(20,\)"),
-    ({"w": jnp.ones(20), "b": jnp.ones(3)}, r"given to init: unexpected 'b' \(3,\)"),
+    ({"w": jnp.ones(20), "b": jnp.ones(3)}, r"given to init: unexpected 'b' \(3,\) float32"),
   ],
 )
 def test_update_rejects_a_gradient_unlike_the_params_of_init(received, match):
@@ -408,15 +405,33 @@ def test_update_rejects_a_gradient_unlike_the_params_of_init(received, match):
     jax.jit(tx.update)(received, state, received)
 
 
-def test_update_rejects_another_container_with_the_same_paths():
+def test_update_takes_the_same_leaves_in_another_container():
+  # As in optax (and as flax NNX's Optimizer does: Variables at init, plain
+  # arrays at update), only the leaves must match; the update comes back in
+  # the container of the gradient.
+  tx = rb.scale_by_random_bases(2, generator="threefry")
+  g = jnp.linspace(-1.0, 1.0, 20)
+  update, _ = tx.update([g], tx.init((jnp.ones(20),)))
+  assert isinstance(update, list)
+  p = reference.dense_basis(0, 0, 0, 0, 2, 20)
+  np.testing.assert_allclose(update[0], p @ (p.T @ np.asarray(g, np.float64)), atol=2e-6)
+
+
+def test_update_rejects_a_gradient_of_another_dtype():
   tx = rb.scale_by_random_bases(2)
-  state = tx.init((jnp.ones(20),))
-  with pytest.raises(
-    ValueError,
-    match=r"structure PyTreeDef\(\[\*\]\), "
-    r"expected PyTreeDef\(\(\*,\)\)",
-  ):
-    tx.update([jnp.ones(20)], state)
+  state = tx.init({"w": jnp.ones(20, jnp.float32)})
+  with pytest.raises(ValueError, match=r"'w' has dtype bfloat16, expected float32"):
+    tx.update({"w": jnp.ones(20, jnp.bfloat16)}, state)
+
+
+def test_update_rejects_the_same_leaves_in_another_order():
+  # An OrderedDict flattens in insertion order, a dict in sorted key order:
+  # the flat vectors (and so the bases' coordinates) would not line up.
+  tx = rb.scale_by_random_bases(2)
+  state = tx.init({"a": jnp.ones(3), "b": jnp.ones(3)})
+  reordered = collections.OrderedDict([("b", jnp.ones(3)), ("a", jnp.ones(3))])
+  with pytest.raises(ValueError, match=r"leaves in the order \['b', 'a'\], expected \['a', 'b'\]"):
+    tx.update(reordered, state)
 
 
 def test_forward_mode_rejects_params_unlike_those_of_init():

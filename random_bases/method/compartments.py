@@ -14,11 +14,20 @@ Schemes (``compartments=``):
   slices are one element longer.
 * ``"leaf"`` — one compartment per parameter tensor (the rule that gives
   Table 3's d for ResNet-8).
-* ``"module"`` — one per module: leaves that share the path without its last
-  entry (e.g. ``Dense_0/kernel`` and ``Dense_0/bias``).
+* ``"module"`` — one per module: leaves that share the name without its last
+  part (e.g. ``Dense_0/kernel`` and ``Dense_0/bias``).
 * a sequence of regular expressions — one compartment per rule; a leaf joins
-  the first rule that ``re.search``-es its path (``"Dense_0/kernel"``).
+  the first rule that ``re.search``-es its name (``"Dense_0/kernel"``).
   Every leaf must be covered and every rule must match a leaf.
+
+A leaf's *name* is its pytree key path as the user wrote it, '/'-joined:
+dict keys, attribute names and sequence indices (``layers/0/weight`` for an
+equinox MLP, ``mlp/~/linear/w`` for haiku, ``Dense_0/kernel`` for linen). A
+``.value`` attribute that is the only child of its node is a box around the
+array, not a name the user chose (flax NNX's ``Variable``, linen's
+``nn.Partitioned``), so it is left out: an NNX model's kernel is
+``dense_out/kernel``, whether ``init`` sees its ``Param`` or ``update`` the
+plain array.
 
 Allocation of directions (``allocation=``, with ``d``):
 
@@ -45,6 +54,7 @@ configuration against its model before loading data or compiling anything.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
@@ -77,7 +87,7 @@ class BasisLayout:
 
   Attributes:
     treedef: structure of the parameter pytree.
-    paths: '/'-joined path of every leaf, in pytree order.
+    paths: the name of every leaf (``leaf_names``), in pytree order.
     shapes, dtypes: of every leaf, in pytree order.
     leaf_order: the order in which leaves are concatenated.
     compartments: the contiguous compartments, in flat-vector order.
@@ -115,17 +125,33 @@ class BasisLayout:
     return self.treedef.unflatten(leaves)
 
 
-def path_string(path) -> str:
-  """'/'-joined names of a pytree key path: ``params/Dense_0/kernel``."""
-  parts = []
-  for entry in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(entry, attr):
-        parts.append(str(getattr(entry, attr)))
-        break
-    else:
-      parts.append(str(entry))
-  return "/".join(parts)
+def _entry_name(entry) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def _is_box(entry) -> bool:
+  return isinstance(entry, jax.tree_util.GetAttrKey) and entry.name == "value"
+
+
+def leaf_names(tree) -> tuple[str, ...]:
+  """The user-facing name of every leaf, in pytree order (see the module docstring).
+
+  ``{"params": {"Dense_0": {"kernel": w}}}`` gives ``("params/Dense_0/kernel",)``;
+  an NNX ``State`` of ``Param``s gives the same names as its plain arrays.
+  """
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  parts = [tuple(_entry_name(entry) for entry in path) for path in paths]
+  # How many leaves sit below each node: a box holds exactly one.
+  below = collections.Counter(p[:k] for p in parts for k in range(len(p)))
+  names = []
+  for path, p in zip(paths, parts):
+    if path and _is_box(path[-1]) and below[p[:-1]] == 1:
+      p = p[:-1]
+    names.append("/".join(p))
+  return tuple(names)
 
 
 def validate_scheme(compartments) -> None:
@@ -159,7 +185,7 @@ def validate_scheme(compartments) -> None:
   raise ValueError(
     f"compartments={compartments!r} is not supported; allowed values: None, "
     "a positive int (even slices), 'leaf', 'module', or a non-empty "
-    "sequence of regular expressions over parameter paths"
+    "sequence of regular expressions over parameter names"
   )
 
 
@@ -215,7 +241,7 @@ def _groups(paths: Sequence[str], compartments) -> list[tuple[str, list[int]]]:
     if not m:
       raise ValueError(
         f"compartments rule {rule!r} covers no parameter (or only ones an "
-        f"earlier rule took); parameter paths: {list(paths)}"
+        f"earlier rule took); parameter names: {list(paths)}"
       )
   return [(rule, m) for rule, m in zip(compartments, members)]
 
@@ -262,12 +288,12 @@ def make_layout(tree, *, d, compartments=None, allocation: str = "proportional")
   """
   validate_scheme(compartments)
   validate_allocation(d, allocation)
-  with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-  if not with_paths:
+  leaves, treedef = jax.tree_util.tree_flatten(tree)
+  if not leaves:
     raise ValueError("the parameter pytree has no leaves")
-  paths = tuple(path_string(p) for p, _ in with_paths)
-  shapes = tuple(tuple(np.shape(x)) for _, x in with_paths)
-  dtypes = tuple(np.dtype(getattr(x, "dtype", np.float32)) for _, x in with_paths)
+  paths = leaf_names(tree)
+  shapes = tuple(tuple(np.shape(x)) for x in leaves)
+  dtypes = tuple(np.dtype(getattr(x, "dtype", np.float32)) for x in leaves)
   sizes = [math.prod(s) for s in shapes]
   total = sum(sizes)
 

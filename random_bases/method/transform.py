@@ -23,25 +23,32 @@ from random_bases.method import projection, structured
 @jax.tree_util.register_static
 @dataclasses.dataclass(frozen=True)
 class ParamsSignature:
-  """Structure, leaf paths and leaf shapes of a parameter pytree.
+  """Names, shapes and dtypes of the leaves of a parameter pytree.
 
-  Registered as static pytree data (a node without children): it costs
+  The containers are left out on purpose: libraries hand ``init`` and
+  ``update`` the same leaves in different containers (flax NNX's
+  ``nnx.Optimizer`` gives ``init`` a state of ``Variable``s and ``update``
+  plain arrays; linen a ``FrozenDict`` and a dict), as optax's own transforms
+  allow. Registered as static pytree data (a node without children): it costs
   nothing under ``jit``, is not written to checkpoints, and is known at trace
   time.
   """
 
-  treedef: jax.tree_util.PyTreeDef
-  paths: tuple[str, ...]
+  names: tuple[str, ...]
   shapes: tuple[tuple[int, ...], ...]
+  dtypes: tuple[str, ...]
 
   @classmethod
   def of(cls, tree) -> ParamsSignature:
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    leaves = jax.tree.leaves(tree)
     return cls(
-      treedef,
-      tuple(comp_lib.path_string(p) for p, _ in with_paths),
-      tuple(tuple(np.shape(x)) for _, x in with_paths),
+      comp_lib.leaf_names(tree),
+      tuple(tuple(np.shape(x)) for x in leaves),
+      tuple(str(jnp.result_type(x)) for x in leaves),
     )
+
+  def describe(self, index: int) -> str:
+    return f"{self.names[index]!r} {self.shapes[index]} {self.dtypes[index]}"
 
 
 # What init records for a tree without leaves. optax.tree.map_params calls
@@ -59,8 +66,9 @@ class ScaleByRandomBasesState(NamedTuple):
     count: int32 scalar, the number of updates so far. With the seed it keys
       every basis, so nothing about the bases is stored, whatever d is.
     param_signature: the ``ParamsSignature`` of the parameters given to
-      ``init``, so that ``update`` rejects a gradient of another structure or
-      shape at trace time (``NO_PARAMETERS`` for a tree without leaves).
+      ``init``, so that ``update`` rejects a gradient with other leaves (names,
+      shapes or dtypes) at trace time (``NO_PARAMETERS`` for a tree without
+      leaves).
   """
 
   count: jax.Array
@@ -77,31 +85,30 @@ def _normalize_mode(normalize) -> str:
 
 
 def _check_like_init(signature, tree, what: str) -> None:
-  """Raises a ValueError unless ``tree`` has the structure and shapes of init's."""
+  """Raises a ValueError unless ``tree`` has the leaves (names, shapes, dtypes) of init's."""
   received = ParamsSignature.of(tree)
   if received == signature:
     return
   if not isinstance(signature, ParamsSignature):
-    if received.paths:
+    if received.names:
       raise ValueError(
-        f"{what} has parameters {list(received.paths)} but init was given a tree without any"
+        f"{what} has parameters {list(received.names)} but init was given a tree without any"
       )
     return  # no leaves on either side: make_layout says so
-  expected_shapes = dict(zip(signature.paths, signature.shapes))
-  received_shapes = dict(zip(received.paths, received.shapes))
-  differences = [
-    f"missing {p!r} {s}" for p, s in expected_shapes.items() if p not in received_shapes
-  ]
+  expected = {name: i for i, name in enumerate(signature.names)}
+  found = {name: i for i, name in enumerate(received.names)}
+  differences = [f"missing {signature.describe(i)}" for n, i in expected.items() if n not in found]
   differences += [
-    f"unexpected {p!r} {s}" for p, s in received_shapes.items() if p not in expected_shapes
+    f"unexpected {received.describe(i)}" for n, i in found.items() if n not in expected
   ]
-  differences += [
-    f"{p!r} has shape {received_shapes[p]}, expected {s}"
-    for p, s in expected_shapes.items()
-    if p in received_shapes and received_shapes[p] != s
-  ]
-  if not differences:  # the same paths and shapes in other containers
-    differences = [f"structure {received.treedef}, expected {signature.treedef}"]
+  for name, i in expected.items():
+    j = found.get(name)
+    if j is not None and received.shapes[j] != signature.shapes[i]:
+      differences.append(f"{name!r} has shape {received.shapes[j]}, expected {signature.shapes[i]}")
+    elif j is not None and received.dtypes[j] != signature.dtypes[i]:
+      differences.append(f"{name!r} has dtype {received.dtypes[j]}, expected {signature.dtypes[i]}")
+  if not differences:  # the same leaves, flattened in another order
+    differences = [f"leaves in the order {list(received.names)}, expected {list(signature.names)}"]
   shown = "; ".join(differences[:8])
   if len(differences) > 8:
     shown += f"; and {len(differences) - 8} more"
@@ -180,8 +187,9 @@ def scale_by_random_bases(
       entries, as the reference code); ``False``/``'none'`` leaves directions
       as drawn and divides the update by d_k (the reference code).
     compartments: ``None``, K even slices (int), ``'leaf'``, ``'module'`` or a
-      sequence of regular expressions over parameter paths; see
-      ``random_bases.method.compartments``.
+      sequence of regular expressions over parameter names
+      (``'dense_out/kernel'``: the key path the user sees, without flax NNX's
+      ``/value``); see ``random_bases.method.compartments``.
     allocation: ``'proportional'``, ``'fixed'`` or ``'compression'``.
     axis_name: mapped axis of the workers, or None for a single worker.
     generator: ``'hash'`` (default), a counter hash of the same keys with
@@ -203,9 +211,11 @@ def scale_by_random_bases(
   Returns:
     An ``optax.GradientTransformationExtraArgs``. ``init`` checks the
     compartments against the parameters (ValueError before any jit) and
-    records their structure and shapes; ``update`` raises ValueError, at
-    trace time, for a gradient (or, in forward mode, parameters) of another
-    structure or shape.
+    records their leaves' names, shapes and dtypes; ``update`` raises ValueError, at
+    trace time, for a gradient (or, in forward mode, parameters) whose leaves
+    differ from init's in number, name, shape or dtype. The containers may
+    differ (flax NNX's ``Variable``s at init, plain arrays at update), as in
+    optax; the update comes back in the container of ``updates``.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax, random_bases
