@@ -7,12 +7,29 @@ compare against these explicit values.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import pathlib
 import pickle
 import tarfile
 
 import numpy as np
 from PIL import Image
+
+
+def isolate_data_locations(monkeypatch, empty_tfds_dir: pathlib.Path) -> None:
+  """Hides the developer's own data and cache variables from a test.
+
+  What a test sees must not depend on them; tests that need one set it. TFDS
+  gets an empty folder, so it has nothing prepared.
+  """
+  monkeypatch.delenv("RANDOM_BASES_DATA_DIR", raising=False)
+  monkeypatch.delenv("RANDOM_BASES_CACHE_DIR", raising=False)
+  monkeypatch.setenv("TFDS_DATA_DIR", str(empty_tfds_dir))
+
+
+def md5_of(path: pathlib.Path) -> str:
+  return hashlib.md5(path.read_bytes()).hexdigest()
+
 
 CIFAR10_CLASSES = (
   "airplane",

@@ -6,6 +6,8 @@ everything else is written by the tests (tests/data_fakes.py).
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import pickle
 import shutil
@@ -49,6 +51,16 @@ def test_idx_split_round_trip(tmp_path, gz):
     np.testing.assert_array_equal(images[..., 0], fake[split][0])
     np.testing.assert_array_equal(labels, fake[split][1])
     assert images.shape[-1] == 1 and labels.dtype == np.int32
+
+
+def test_idx_sha256_is_the_decompressed_files_sha256(tmp_path):
+  data_fakes.write_fake_mnist(tmp_path)
+  for path in readers.idx_files(tmp_path):
+    with gzip.open(path, "rb") as f:
+      want = hashlib.sha256(f.read()).hexdigest()
+    assert readers.idx_sha256(readers.read_idx(path)) == want
+  with pytest.raises(ValueError, match="uint8"):
+    readers.idx_sha256(np.zeros(3, np.int32))
 
 
 def test_corrupt_idx_files(tmp_path):
@@ -135,6 +147,28 @@ def test_png_folder_is_read_exactly(tmp_path, as_archive):
     assert images.dtype == np.uint8 and labels.dtype == np.int32
     np.testing.assert_array_equal(images, want[split][0][order])
     np.testing.assert_array_equal(labels, want[split][1][order])
+
+
+def test_folder_content_fingerprint(tmp_path):
+  data_fakes.write_image_tree(tmp_path / "tree", classes=CLASSES)
+  digest = readers.read_image_folder(tmp_path / "tree", image_shape=(32, 32, 3)).content_sha256
+  # The same files as a tree, an archive, or an archive with a top folder;
+  # files that are not images of a split do not count.
+  (tmp_path / "tree" / "README.md").write_text("not an image")
+  for path in (
+    tmp_path / "tree",
+    data_fakes.write_tar_gz(tmp_path / "tree", tmp_path / "flat.tar.gz"),
+    data_fakes.write_tar_gz(tmp_path / "tree", tmp_path / "top.tar.gz", top="pics"),
+  ):
+    assert readers.read_image_folder(path, image_shape=(32, 32, 3)).content_sha256 == digest
+  # A renamed image (another order, or another class) or changed bytes change it.
+  cat = tmp_path / "tree" / "train" / "cat"
+  (cat / "0000.png").rename(cat / "0009.png")
+  renamed = readers.read_image_folder(tmp_path / "tree", image_shape=(32, 32, 3)).content_sha256
+  assert renamed != digest
+  Image.new("RGB", (32, 32), (1, 2, 3)).save(cat / "0009.png")
+  changed = readers.read_image_folder(tmp_path / "tree", image_shape=(32, 32, 3)).content_sha256
+  assert changed not in (digest, renamed)
 
 
 def test_jpeg_folder_with_explicit_class_order(tmp_path):

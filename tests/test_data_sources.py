@@ -30,11 +30,14 @@ CIFAR10_CHANNEL_MEANS = (0.4914, 0.4822, 0.4465)
 
 @pytest.fixture(autouse=True)
 def _isolated_locations(monkeypatch, tmp_path_factory):
-  # The developer's own variables must not change what these tests see; the
-  # tests that need the variables set them.
-  monkeypatch.delenv(data.DATA_DIR_ENV_VAR, raising=False)
-  monkeypatch.delenv(sources.CACHE_DIR_ENV_VAR, raising=False)
-  monkeypatch.setenv(sources.TFDS_DATA_DIR_ENV_VAR, str(tmp_path_factory.mktemp("empty_tfds")))
+  data_fakes.isolate_data_locations(monkeypatch, tmp_path_factory.mktemp("empty_tfds"))
+
+
+def test_isolation_clears_the_variables_the_data_layer_reads():
+  # data_fakes cannot import the package's constants; this keeps the names in step.
+  assert data.DATA_DIR_ENV_VAR not in os.environ
+  assert sources.CACHE_DIR_ENV_VAR not in os.environ
+  assert not list(pathlib.Path(os.environ[sources.TFDS_DATA_DIR_ENV_VAR]).iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +181,11 @@ def test_load_cifar_files(tmp_path, layout):
   data_fakes.write_cifar(tmp_path / "cifar-10-batches-py" if layout == "subdir" else tmp_path)
   ds = data.load_dataset("cifar10", source="files", data_dir=str(tmp_path), holdout_size=10)
   assert ds.image_shape == (32, 32, 3) and ds.num_classes == 10
-  assert ds.description.startswith("CIFAR-10 (official python pickles) from ")
+  # The fakes are not the official pickles, and the description says so.
+  assert ds.description == (
+    f"CIFAR-10 (unrecognised python pickles: not the official release) from {tmp_path}"
+  )
+  assert ds.release is None
   assert ds.train_images.shape == (40, 32, 32, 3)
   assert ds.eval_splits["validation"][0].shape == (10, 32, 32, 3)
   test_x, test_y = ds.eval_splits["test"]
@@ -335,7 +342,10 @@ def test_folder_source_holdout_and_description(tmp_path):
     cache_dir=str(tmp_path / "cache"),
   )
   assert ds.source == f"folder:{tmp_path / 'tree'}"
-  assert ds.description == f"CIFAR-10 (PNG images) from the image folder {tmp_path / 'tree'}"
+  # Written here, so no known release: the description says so.
+  assert ds.description == (
+    f"CIFAR-10 (unrecognised PNG images) from the image folder {tmp_path / 'tree'}"
+  )
   # The same holdout as every other source.
   train_idx, held_idx = sources.holdout_indices(20, holdout_size=5)
   np.testing.assert_array_equal(ds.train_images, expected["train"][0][train_idx])
@@ -351,7 +361,9 @@ def test_folder_source_holdout_and_description(tmp_path):
     holdout="none",
     cache_dir=str(tmp_path / "cache"),
   )
-  assert ds.description == f"CIFAR-10 (JPEG re-encoding) from the image folder {archive}"
+  assert ds.description == (
+    f"CIFAR-10 (unrecognised JPEG re-encoding) from the image folder {archive}"
+  )
 
 
 def test_folder_cache_round_trip_and_invalidation(tmp_path, monkeypatch, caplog):
@@ -421,7 +433,9 @@ def test_shared_cifar10_jpeg_archive(tmp_path, caplog):
   ds = data.load_dataset(
     "cifar10", source="folder", data_dir=str(archive), holdout="none", cache_dir=str(tmp_path)
   )
-  assert ds.description.startswith("CIFAR-10 (JPEG re-encoding) from ")
+  # Recognised by content as the known export, so not labelled unrecognised.
+  assert ds.release == "cifar10-jpeg"
+  assert ds.description == f"CIFAR-10 (JPEG re-encoding) from the image folder {archive}"
   assert ds.train_images.shape == (50000, 32, 32, 3)
   assert ds.eval_splits["test"][0].shape == (10000, 32, 32, 3)
   assert np.bincount(ds.train_labels).tolist() == [5000] * 10
@@ -433,5 +447,6 @@ def test_shared_cifar10_jpeg_archive(tmp_path, caplog):
     "cifar10", source="folder", data_dir=str(archive), holdout="none", cache_dir=str(tmp_path)
   )
   assert "read from the cache" in caplog.text
+  assert again.release == "cifar10-jpeg" and again.description == ds.description
   np.testing.assert_array_equal(again.train_images, ds.train_images)
   np.testing.assert_array_equal(again.eval_splits["test"][1], ds.eval_splits["test"][1])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import hashlib
 import io
 import os
 import pathlib
@@ -18,6 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import PIL
 from PIL import Image
 
 IDX_FILES = {
@@ -31,7 +33,8 @@ CIFAR_SUBDIR = "cifar-10-batches-py"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # The fixed shuffle of each split of an image folder (see read_image_folder).
 FOLDER_SHUFFLE_SEED = 0
-_PIL_FORMATS = ("JPEG", "PNG")
+# The image formats decoded, as PIL names them.
+IMAGE_FORMATS = ("JPEG", "PNG")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz")
 
 # IDX magic: two zero bytes, a type code (0x08 = unsigned byte) and the number
@@ -91,6 +94,22 @@ def read_idx(path: str | os.PathLike[str], *, expected_ndim: int | None = None) 
       f"bytes in all) but the file has {len(raw)} bytes."
     )
   return np.frombuffer(raw, dtype=np.uint8, offset=header_len).reshape(shape)
+
+
+def idx_sha256(array: np.ndarray) -> str:
+  """The SHA-256 of `array` written as an uncompressed IDX file of unsigned bytes.
+
+  For an array ``read_idx`` returned, this is what ``sha256sum`` prints for the
+  decompressed file: the header is fixed by the shape, and ``read_idx`` checked
+  the rest of the file is the payload. It does not depend on the compression.
+  """
+  if array.dtype != np.uint8:
+    raise ValueError(f"idx_sha256 needs a uint8 array, not {array.dtype}.")
+  digest = hashlib.sha256(bytes([0, 0, _IDX_UBYTE, array.ndim]))
+  digest.update(np.asarray(array.shape, dtype=">u4").tobytes())
+  # Hashed in place (no copy of the 47 MB MNIST training images).
+  digest.update(np.ascontiguousarray(array).data)
+  return digest.hexdigest()
 
 
 def idx_path(directory: pathlib.Path, stem: str) -> pathlib.Path:
@@ -264,11 +283,16 @@ class ImageFolder:
       ordered by label, then file name.
     classes: class folder names; label i is classes[i].
     formats: the image formats found, as PIL names them ("JPEG", "PNG").
+    content_sha256: a fingerprint of the image files read: the SHA-256 of
+      their ``split/class/file`` names and the SHA-256 of each file's bytes,
+      in name order. The same for the tree and any .tar.gz of it (with or
+      without a top folder); any changed, added or renamed image changes it.
   """
 
   splits: dict[str, tuple[np.ndarray, np.ndarray]]
   classes: tuple[str, ...]
   formats: tuple[str, ...]
+  content_sha256: str
 
 
 def is_archive(path: pathlib.Path) -> bool:
@@ -295,14 +319,28 @@ def _tree_entries(root: pathlib.Path) -> Iterator[_Entry]:
 
 
 def _archive_entries(archive: pathlib.Path) -> Iterator[_Entry]:
-  # Stream mode ("r|gz") decompresses once, front to back, and extracts
-  # nothing to disk; each member's bytes are read before moving on.
-  with tarfile.open(archive, "r|gz") as tar:
+  # Stream mode ("r|") decompresses once, front to back, and extracts
+  # nothing to disk; each member's bytes are read before moving on. gzip, not
+  # tarfile's own "r|gz", decompresses: it checks the stream's length and CRC
+  # at its end, where tarfile takes an archive cut off between two members
+  # for a complete, shorter one.
+  with gzip.open(archive, "rb") as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
     for member in tar:
       if member.isdir():
         yield _parts(member.name), None
       elif member.isfile():
         yield _parts(member.name), tar.extractfile(member).read
+    # tarfile stops at the end-of-archive blocks; the check is at the very end.
+    while stream.read(1 << 20):
+      pass
+
+
+def _decode_failure(data: bytes, error: Exception) -> str:
+  """Why PIL could not decode `data`, in words that do not depend on how it was read."""
+  if isinstance(error, PIL.UnidentifiedImageError):
+    # PIL's own message names only the in-memory buffer it was given.
+    return f"not a JPEG or PNG image ({len(data)} bytes starting {data[:8]!r})"
+  return f"{type(error).__name__}: {error} ({len(data)} bytes)"
 
 
 def _decode_image(
@@ -311,18 +349,20 @@ def _decode_image(
   """The image as uint8 `image_shape`, and its format; `where` names it."""
   height, width, channels = image_shape
   mode = "RGB" if channels == 3 else "L"
+  if not data:
+    raise ValueError(f"Cannot decode image {where()}: it is an empty file.")
   try:
-    with Image.open(io.BytesIO(data), formats=_PIL_FORMATS) as image:
-      if image.size != (width, height):
-        raise ValueError(
-          f"Image {where()} is {image.size[0]}x{image.size[1]} pixels; expected {width}x{height}."
-        )
-      image_format = image.format
-      if image.mode != mode:
-        image = image.convert(mode)
-      return np.asarray(image).reshape(image_shape), image_format
-  except OSError as e:  # PIL.UnidentifiedImageError and truncated files.
-    raise ValueError(f"Cannot decode image {where()}: {e}") from e
+    with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+      size, image_format = image.size, image.format
+      if size == (width, height):
+        pixels = np.asarray(image if image.mode == mode else image.convert(mode))
+  # OSError: unidentified or truncated data; the others come from damaged
+  # chunks inside PIL's plugins.
+  except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+    raise ValueError(f"Cannot decode image {where()}: {_decode_failure(data, e)}.") from e
+  if size != (width, height):
+    raise ValueError(f"Image {where()} is {size[0]}x{size[1]} pixels; expected {width}x{height}.")
+  return pixels.reshape(image_shape), image_format
 
 
 def folder_split_order(num_images: int) -> np.ndarray:
@@ -358,19 +398,32 @@ def read_image_folder(
 
   Raises:
     ValueError: naming `path`, for a missing split, an empty class folder,
-      an image that cannot be decoded or has the wrong size, classes that
-      differ between splits or from `classes`.
+      an image that cannot be decoded or has the wrong size (naming the file
+      or archive member and the cause), an archive that cannot be read
+      (naming the member it stopped at), classes that differ between splits
+      or from `classes`.
   """
   path = pathlib.Path(path)
   if path.is_dir():
-    entries = _tree_entries(path)
+    entries, kind = _tree_entries(path), "file"
+
+    def where(parts: list[str]) -> str:
+      return os.path.join(path, *parts)
+
   elif path.is_file() and is_archive(path):
-    entries = _archive_entries(path)
+    entries, kind = _archive_entries(path), "member"
+
+    def where(parts: list[str]) -> str:
+      return f"{path}, member {'/'.join(parts)}"
+
   else:
     raise ValueError(f"Image folder {path} is neither a folder nor a .tar.gz archive.")
   class_folders = {split: set() for split in splits}
   decoded = {split: [] for split in splits}  # (class, file name, image)
+  file_digests = []  # ("split/class/file", sha256 of its bytes)
   formats = set()
+  # For a read error: the member being read, else the last one read whole.
+  reading, last_read = None, None
   try:
     for parts, read in entries:
       if read is None:
@@ -385,11 +438,22 @@ def read_image_folder(
         continue
       split, class_name = parts[-3], parts[-2]
       class_folders[split].add(class_name)
-      image, image_format = _decode_image(read(), lambda: f"{path}/{'/'.join(parts)}", image_shape)  # noqa: B023  (called at once)
+      reading = parts
+      content = read()
+      reading, last_read = None, parts
+      image, image_format = _decode_image(content, lambda: where(parts), image_shape)  # noqa: B023  (called at once)
       decoded[split].append((class_name, parts[-1], image))
+      file_digests.append(("/".join(parts[-3:]), hashlib.sha256(content).hexdigest()))
       formats.add(image_format)
   except (tarfile.TarError, EOFError, OSError) as e:
-    raise ValueError(f"Cannot read image folder {path}: {e}") from e
+    if reading is not None:
+      at = f" while reading {kind} {'/'.join(reading)}"
+    elif last_read is not None:
+      at = f" after {kind} {'/'.join(last_read)}"
+    else:
+      at = ""
+    cause = f"it ends early, truncated ({e})" if isinstance(e, EOFError) else str(e)
+    raise ValueError(f"Cannot read image folder {path}{at}: {cause}") from e
 
   for split in splits:
     if not class_folders[split]:
@@ -434,4 +498,12 @@ def read_image_folder(
       np.stack([ordered[i][2] for i in order]),
       np.asarray([label_of[ordered[i][0]] for i in order], np.int32),
     )
-  return ImageFolder(splits=arrays, classes=classes, formats=tuple(sorted(formats)))
+  content = hashlib.sha256()
+  for name, file_digest in sorted(file_digests):
+    content.update(f"{name}\t{file_digest}\n".encode())
+  return ImageFolder(
+    splits=arrays,
+    classes=classes,
+    formats=tuple(sorted(formats)),
+    content_sha256=content.hexdigest(),
+  )
