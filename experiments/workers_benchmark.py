@@ -40,12 +40,15 @@ import json
 import math
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if not __package__:  # python experiments/workers_benchmark.py: make `experiments` importable
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.benchmarks import child_process  # noqa: E402
+
 # (model, dataset) of every paper model, with its parameter count D.
 MODELS = (
   ("fc", "mnist"),
@@ -188,28 +191,6 @@ def child_accuracy(
   }
 
 
-CHILDREN = {"communication": child_communication, "cost": child_cost, "accuracy": child_accuracy}
-
-
-def run_child(kind: str, devices: int, **kwargs) -> dict:
-  env = dict(
-    os.environ,
-    XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-    JAX_PLATFORMS="cpu",
-  )
-  spec = json.dumps({"kind": kind, "kwargs": kwargs})
-  out = subprocess.run(
-    [sys.executable, __file__, "--child", spec],
-    env=env,
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-  )
-  if out.returncode:
-    raise RuntimeError(f"{kind} {kwargs} failed:\n{out.stderr[-4000:]}")
-  return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 # --- tables ----------------------------------------------------------------
 
 
@@ -290,12 +271,7 @@ def main(argv: list[str] | None = None) -> None:
     help="accuracy: the MNIST IDX files",
   )
   parser.add_argument("--json", default=None, help="also write every measurement here")
-  parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
-  if args.child:
-    spec = json.loads(args.child)
-    print(json.dumps(CHILDREN[spec["kind"]](**spec["kwargs"])))
-    return
   if args.what is None:
     parser.error("say what to measure: communication, cost, accuracy or all")
   results = {}
@@ -303,14 +279,25 @@ def main(argv: list[str] | None = None) -> None:
   if args.what in ("communication", "all"):
     rows = []
     for model, dataset in MODELS:
-      row = run_child("communication", COMMUNICATION_WORKERS, model=model, dataset=dataset)
+      row = child_process.run(
+        child_communication,
+        env=child_process.cpu_devices(COMMUNICATION_WORKERS),
+        model=model,
+        dataset=dataset,
+      )
       rows.append({"model": model, "dataset": dataset, **row})
     results["communication"] = rows
     print(f"\n{COMMUNICATION_WORKERS} workers, bytes per step per device\n")
     print(communication_table(rows))
   if args.what in ("cost", "all"):
     rows = [
-      run_child("cost", workers, method=method, workers=workers, steps=args.steps)
+      child_process.run(
+        child_cost,
+        env=child_process.cpu_devices(workers),
+        method=method,
+        workers=workers,
+        steps=args.steps,
+      )
       for method in ("rbd", "sgd")
       for workers in COST_WORKERS
     ]
@@ -319,9 +306,9 @@ def main(argv: list[str] | None = None) -> None:
     print(cost_table(rows))
   if args.what in ("accuracy", "all"):
     rows = [
-      run_child(
-        "accuracy",
-        workers,
+      child_process.run(
+        child_accuracy,
+        env=child_process.cpu_devices(workers),
         workers=workers,
         seed=int(seed),
         images=args.images,
