@@ -37,6 +37,14 @@ DATA_TITLES = {"mnist": "MNIST", "fashion_mnist": "FMNIST", "cifar10": "CIFAR10"
 METHOD_TITLES = {"nes": "NES", "fpd": "FPD", "rbd": "RBD", "sgd": "SGD"}
 
 SCALE_DEFAULTS = dict(runlocal=False, epochs=0, steps=-1, eval=-1, nes_steps=-1)
+# What --describe prints beside each scale key.
+SCALE_MEANINGS = {
+  "runlocal": "a few steps on the MNIST sample shipped with the package (tests)",
+  "epochs": "epochs to train; 0 = the paper's",
+  "steps": "steps per epoch; -1 = the whole training split",
+  "eval": "images evaluated per split; -1 = all",
+  "nes_steps": "NES's steps per epoch (each costs d forward passes); -1 = steps",
+}
 
 # Keys of a sweep entry that describe the run rather than set a config field.
 META_KEYS = ("name", "label", "panel", "paper", "rate", "x", "group", "log2_rate")
@@ -71,7 +79,7 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 def parse(arg: str | None, **defaults):
   """The config argument: the scale keys plus the config's own ``defaults``."""
-  return config_lib.parse_arg(arg, **SCALE_DEFAULTS, **defaults)
+  return config_lib.parse_arg(arg, meanings=SCALE_MEANINGS, **SCALE_DEFAULTS, **defaults)
 
 
 def base(arg, *, epochs: int):

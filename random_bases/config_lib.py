@@ -11,9 +11,11 @@ writes, loads or compiles anything.
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import math
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -150,12 +152,34 @@ FIELDS: tuple[Field, ...] = (
 )
 
 
-def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+@dataclasses.dataclass(frozen=True)
+class ConfigArg:
+  """One key of a config file's argument (``configs/x.py:key=value``)."""
+
+  name: str
+  default: Any
+  meaning: str
+
+
+# Set while ``config_args`` runs: the keys the parse_arg calls accept, in order.
+_recorded_args: contextvars.ContextVar[dict[str, ConfigArg] | None] = contextvars.ContextVar(
+  "recorded_config_args", default=None
+)
+
+
+def parse_arg(
+  arg: str | None, *, meanings: Mapping[str, str] | None = None, **defaults
+) -> ml_collections.ConfigDict:
   """Parses ``"a=1,b=x,flag"`` into a ConfigDict typed like ``defaults``.
 
   The big_vision convention for ``--config=configs/x.py:arg``: keys must be
-  in ``defaults``; a bare key sets a boolean to True.
+  in ``defaults``; a bare key sets a boolean to True. ``meanings`` explains
+  keys for ``--describe`` (``config_args``); it is never parsed.
   """
+  recorded = _recorded_args.get()
+  if recorded is not None:
+    for key, default in defaults.items():
+      recorded.setdefault(key, ConfigArg(key, default, (meanings or {}).get(key, "")))
   result = ml_collections.ConfigDict(defaults)
   if not arg:
     return result
@@ -183,6 +207,29 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
           f"config argument {key}={value!r} must be of type {type(default).__name__}"
         ) from e
   return result
+
+
+def config_args(function: Callable[[str | None], Any], arg: str | None = None) -> list[ConfigArg]:
+  """The keys a config file's ``get_config`` or ``sweep`` accepts in its argument.
+
+  They are found by calling ``function(arg)`` and recording what it hands to
+  ``parse_arg``, so a config file names its keys and defaults in one place.
+  Whatever ``function`` raises propagates.
+  """
+  recorded: dict[str, ConfigArg] = {}
+  token = _recorded_args.set(recorded)
+  try:
+    function(arg)
+  finally:
+    _recorded_args.reset(token)
+  return list(recorded.values())
+
+
+def format_arg_value(value: Any) -> str:
+  """A config argument's value as it is written after ``key=``."""
+  if isinstance(value, bool):
+    return "true" if value else "false"
+  return str(value)
 
 
 def base_config() -> ml_collections.ConfigDict:

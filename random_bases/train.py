@@ -1,9 +1,10 @@
 """The trainer: any paper model, any method, driven by one config.
 
 ``train_and_evaluate(config, workdir)`` reads top to bottom: validate the
-config, check the workdir may take it, load the data once onto the device,
-restore the newest intact checkpoint (or initialise), then for each epoch run
-it and write it, and finish. An epoch is a Python loop dispatching one jitted,
+config, claim the workdir (its lock, a write check) and check it may take the
+config, load the data once onto the device, restore the newest intact
+checkpoint (or initialise), then for each epoch run it and write it, and
+finish. An epoch is a Python loop dispatching one jitted,
 donated step after another without waiting (the batch is gathered and
 augmented on the device); the metrics come to the host once per
 ``train.log_every_steps`` steps. Evaluation runs the eval splits, resident on
@@ -29,8 +30,9 @@ paper's sum over workers of their projections, K x d floats all-gathered.
 SGD and NES average the K gradients (a D-float all-reduce): SGD with K
 workers is SGD on the step's K x batch_size images. Parameters, optimizer
 state and metrics stay replicated; batch-norm statistics are averaged over
-the workers. Only process 0 writes metrics, TensorBoard and the run's
-record; every process takes part in saving and restoring checkpoints.
+the workers. Only process 0 locks the workdir and writes metrics,
+TensorBoard and the run's record; every process checks it can write there and
+takes part in saving and restoring checkpoints.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ import numpy as np
 import optax
 import tensorboardX
 from absl import logging
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -498,14 +501,50 @@ def should_stop(config, epochs_done: int, evaluation: dict[str, Any]) -> str | N
 
 
 def prepare_workdir(config, workdir: str) -> workdir_lib.Workdir:
-  """The run's workdir, once it is clear ``config`` may continue what it holds.
+  """The run's workdir, claimed, once it is clear ``config`` may continue what it holds.
+
+  Comes before any data is loaded or anything compiled: process 0 (the one
+  that writes the run's files) locks the workdir, every process checks it
+  can write there (each writes its part of a checkpoint), then the config is
+  compared with the run held there. Across processes, if one cannot go on
+  none does. The caller releases the workdir (``run.release()``) at the end.
 
   Raises:
+    workdir_lib.WorkdirLocked: another run is writing the workdir.
+    workdir_lib.WorkdirNotWritable: the workdir cannot be created or written.
     workdir_lib.WorkdirMismatch: it holds a run of another config.
+    workdir_lib.WorkdirError: another process of this run hit one of these.
   """
   run = workdir_lib.Workdir(workdir)
-  run.check_config(config)
+  failure = None
+  try:
+    run.claim(lock=distributed.is_primary())
+    run.check_config(config)
+  except Exception as error:  # pylint: disable=broad-except  (re-raised below, in step)
+    failure = error
+  try:
+    _stop_together(failure, workdir)
+  except BaseException:
+    run.release()
+    raise
   return run
+
+
+def _stop_together(failure: Exception | None, workdir: str) -> None:
+  """Raises ``failure``; across processes, every process raises if any has a failure.
+
+  A process stopping alone would leave the others waiting for it in the
+  run's first collective.
+  """
+  if jax.process_count() > 1:
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(failure is not None)))
+    if failure is None and failed.any():
+      raise workdir_lib.WorkdirError(
+        f"workdir {workdir}: process {int(np.argmax(failed))} of this run cannot use it "
+        "(its output says why), so this process stops too."
+      )
+  if failure is not None:
+    raise failure
 
 
 def load_data(config) -> data.Dataset:
@@ -543,7 +582,7 @@ def restore_or_init(
     run.write_record(config, identity)
   state, checkpoints, epochs_done = trainer.initial_state(), None, 0
   if config.train.checkpoint:
-    checkpoints = run.checkpoints(remove_unfinished=primary)
+    checkpoints = run.checkpoints(primary=primary)
     epochs_done, restored = checkpoints.restore(trainer.checkpoint_target)
     if restored is not None:
       state = restored
@@ -646,21 +685,37 @@ def write_epoch(
   state,
   record,
 ) -> None:
-  """Metrics line, TensorBoard scalars, then the checkpoint (committed in the background).
+  """Metrics line, TensorBoard scalars, then the checkpoint, committed before returning.
 
   In this order every committed checkpoint has its metrics line; lines and
   events past the checkpoint a rerun restores are dropped then (workdir.py).
   Across processes only process 0 writes metrics (its ``writer``; the others
   pass None), and every process takes part in the checkpoint.
+
+  Raises:
+    workdir_lib.WorkdirNotWritable: a write failed (the run stops before the
+      next epoch; a rerun resumes from the last complete checkpoint).
   """
   if writer is not None:
     run.append_metrics(record)
-    for k, v in record.items():
-      if isinstance(v, float):
-        writer.add_scalar(k, v, record["step"])
-    writer.flush()
+    with workdir_lib.writing(run.tensorboard_dir):
+      for k, v in record.items():
+        if isinstance(v, float):
+          writer.add_scalar(k, v, record["step"])
+      writer.flush()
   if checkpoints is not None:
     checkpoints.save(record["epoch"], state)
+
+
+def _close_after_failure(checkpoints, writer) -> None:
+  """Closes what a failed run opened without hiding its error behind another."""
+  for thing in (checkpoints, writer):
+    if thing is None:
+      continue
+    try:
+      thing.close()
+    except Exception as error:  # pylint: disable=broad-except
+      logging.debug("Closing %s after a failure: %s", type(thing).__name__, error)
 
 
 def finish(run: workdir_lib.Workdir, config) -> None:
@@ -701,12 +756,25 @@ def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None) -> dic
     ValueError: an invalid config, too few devices for the workers or a mesh
       that cannot run them, or missing data, before anything is written.
     workdir_lib.WorkdirMismatch: the workdir holds a run of another config or
-      other data (a ValueError), before anything is written.
+      other data (a ValueError), before anything but its lock file is written.
+    workdir_lib.WorkdirLocked: another run is writing the workdir, before
+      anything is loaded or written.
+    workdir_lib.WorkdirNotWritable: the workdir cannot be written (checked
+      before anything is loaded), or a write of the run failed: it stops there.
+    workdir_lib.NoReadableCheckpoint: checkpoints exist but none reads back intact.
     TrainingDiverged: a loss became NaN or infinite.
   """
   config_lib.validate(config)
   mesh = distributed.resolve_mesh(config.workers, mesh)
   run = prepare_workdir(config, workdir)
+  try:
+    return _train_and_evaluate(config, run, mesh)
+  finally:
+    run.release()
+
+
+def _train_and_evaluate(config, run: workdir_lib.Workdir, mesh: Mesh | None) -> dict[str, Any]:
+  """``train_and_evaluate`` in a claimed workdir."""
   trainer = Trainer(config, load_data(config), mesh=mesh)
   state, checkpoints, stopped = restore_or_init(config, trainer, run)
   logging.info(
@@ -733,11 +801,13 @@ def train_and_evaluate(config, workdir: str, *, mesh: Mesh | None = None) -> dic
       stopped = should_stop(config, epoch + 1, record)
       if stopped:
         logging.warning("Early stop after epoch %d: %s", epoch + 1, stopped)
-  finally:
-    if checkpoints is not None:
-      checkpoints.wait_until_finished()
-      checkpoints.close()
-    if writer is not None:
+  except BaseException:
+    _close_after_failure(checkpoints, writer)
+    raise
+  if checkpoints is not None:
+    checkpoints.close()
+  if writer is not None:
+    with workdir_lib.writing(run.tensorboard_dir):
       writer.close()
   if distributed.is_primary():
     finish(run, config)

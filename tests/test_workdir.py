@@ -251,9 +251,11 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, caplog
 def test_no_readable_checkpoint_is_an_error_and_moves_nothing(tmp_path):
   save_epochs(tmp_path, [1])
   checkpoints = workdir_lib.Workdir(str(tmp_path)).checkpoints()
-  with pytest.raises(RuntimeError, match="no checkpoint .* reads back"):
+  with pytest.raises(workdir_lib.NoReadableCheckpoint, match="no checkpoint .* reads back") as e:
     checkpoints.restore(lambda epoch: {"other": jnp.zeros(3)})  # a changed state layout
   checkpoints.close()
+  assert "\n" not in str(e.value)  # one line, as entry points print a WorkdirError
+  assert f"pass another --workdir or delete {tmp_path}" in str(e.value)
   assert os.listdir(tmp_path / "checkpoints") == ["1"]
 
 
