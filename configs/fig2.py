@@ -50,6 +50,7 @@ def sweep(arg=None):
 
 def report(arg=None):
   arg = _parse(arg)
+  entry = _entry(*common.parse_pair(arg.pair))
   return {
     "name": common.results_name(f"fig2_{arg.pair}", arg),
     "title": f"Fig. 2: loss along random directions by distribution, {arg.pair}",
@@ -65,8 +66,10 @@ def report(arg=None):
     },
     "plots": [{"kind": "landscape"}],
     "notes": [
+      f"The probed run: {entry['name']}, d = {entry['bases.d']}, normal directions, "
+      f"learning rate {entry['rate']}.",
       "Directions are unit vectors (entries drawn from the distribution, "
       "then normalised), shared by all epochs; the loss is the mean over "
-      "directions, in evaluation mode."
+      "directions, in evaluation mode.",
     ],
   }

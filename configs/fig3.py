@@ -98,6 +98,9 @@ def report(arg=None):
       {"metric": "validation_accuracy", "label": "validation acc %", "percent": True},
       {"metric": "test_accuracy", "label": "test acc %", "percent": True},
     ],
-    "plots": [{"kind": "curves", "metric": "validation_accuracy", "switches": True}],
+    "plots": [
+      {"kind": "bars", "metric": "validation_accuracy"},
+      {"kind": "curves", "metric": "validation_accuracy", "switches": True},
+    ],
     "notes": notes,
   }

@@ -11,7 +11,7 @@ CNN-CIFAR10) and ``ks`` pick them; 100 epochs as Table 1. K = 1 is one basis
 (bases.compartments = "none", Table 1's run).
 """
 
-from configs import common
+from configs import common, learning_rates
 
 EPOCHS = 100
 KS = "1+2+4+8+16+32"
@@ -22,6 +22,10 @@ def _parse(arg):
 
 
 def _entry(model, dataset, method, k):
+  run = common.method_run(model, dataset, method)
+  if k != 1:  # the rate was found with one basis; its label says it was not retuned
+    found = learning_rates.rate(model, dataset, method)
+    run["rate"] = str(learning_rates.noted(found, f"found for K = 1, not retuned for K = {k}"))
   return {
     "name": f"{common.METHOD_TITLES[method]} K = {k}",
     "label": common.METHOD_TITLES[method],
@@ -29,7 +33,7 @@ def _entry(model, dataset, method, k):
     "panel": common.pair_name(model, dataset),
     "bases.d": 250,
     "bases.compartments": "none" if k == 1 else str(k),
-    **common.method_run(model, dataset, method),
+    **run,
   }
 
 

@@ -77,6 +77,9 @@ def report(arg=None):
       }
       for ds in DATASETS
     ],
-    "plots": [{"kind": "curves", "metric": "validation_accuracy"}],
+    "plots": [
+      {"kind": "bars", "metric": "validation_accuracy"},
+      {"kind": "curves", "metric": "validation_accuracy"},
+    ],
     "notes": [],
   }

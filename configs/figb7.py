@@ -9,7 +9,13 @@ at log2 -1, -2, -3, -5 (configs/learning_rates.py; d = 250 takes Table 4's).
 SGD runs beside for the 90 % line. 100 epochs, gradient correlation on.
 """
 
+import functools
+import math
+
+import jax
+
 from configs import common
+from random_bases import config_lib
 
 EPOCHS = 100
 DS = "10+100+250+1000+10000"
@@ -17,6 +23,13 @@ DS = "10+100+250+1000+10000"
 
 def _parse(arg):
   return common.parse(arg, pair="cnn-cifar10", ds=DS)
+
+
+@functools.cache
+def parameter_count(model: str, dataset: str) -> int:
+  """D, the model's number of parameters (shapes only, nothing is computed)."""
+  shapes = config_lib.param_shapes(model, dataset)
+  return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes))
 
 
 def _entry(model, dataset, d):
@@ -72,12 +85,18 @@ def report(arg=None):
         "kind": "against",
         "x_label": "d",
         "log_x": True,
-        "metrics": ["validation_accuracy", "correlation_mean"],
+        "metrics": ["validation_accuracy", "correlation_mean", "correlation_whole"],
         "reference": {
           "name": "SGD",
           "metric": "validation_accuracy",
           "fraction": 0.9,
           "label": "90 % of SGD (paper: d = 10^4 reaches it)",
+        },
+        # The whole-vector correlation of d independent random directions,
+        # whatever the gradient (results/README.md, claim 5).
+        "geometry": {
+          "metric": "correlation_whole",
+          "D": parameter_count(*common.parse_pair(arg.pair)),
         },
       }
     ],

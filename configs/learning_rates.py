@@ -196,3 +196,98 @@ def paper_log2(model: str, dataset: str, method: str) -> int | None:
 
 def _applied_table4(method: str, log2: int) -> int:
   return log2 + SGD_BATCH_LOG2 if method == "sgd" else log2
+
+
+# --- labels for rates that a config uses beyond what they were found for ----------------
+#
+# The helpers below never change a rate's value: they return the same log2 as
+# ``rate()``/``for_total_d()`` with a source that says whose rate it is, and
+# what it was not tuned or scaled for, so a results file never prints
+# "(tuned)" beside a rate that was tuned for something else.
+
+METHOD_NAMES = {"rbd": "RBD", "fpd": "FPD", "nes": "NES", "sgd": "SGD"}
+MODEL_NAMES = {"fc": "FC", "cnn": "CNN", "resnet8": "ResNet-8", "resnet32": "ResNet-32"}
+
+
+def noted(found: Rate, note: str) -> Rate:
+  """``found`` with ``note`` appended to its source: "2^3 (tuned; <note>)"."""
+  return Rate(found.log2, f"{found.source}; {note}")
+
+
+def _found_for(found: Rate, what: str) -> str:
+  """ "tuned for <what>", or the source and what it is for when it was not tuned."""
+  return f"tuned for {what}" if found.source == "tuned" else f"{found.source}, for {what}"
+
+
+def for_distribution(
+  model: str, dataset: str, distribution: str, *, method: str = "rbd", d: int = 250
+) -> Rate:
+  """The rate for normal directions, used with ``distribution`` (Table 2, Fig. B.15's other pairs).
+
+  Its label says it is normal's and that none was tuned for ``distribution``
+  (or, if one was, that it is not used).
+  """
+  normal = rate(model, dataset, method, d=d)
+  if distribution == "normal":
+    return normal
+  own = key(model, dataset, method, d, distribution) in TUNED
+  return Rate(
+    normal.log2,
+    f"normal's rate, {_found_for(normal, f'normal directions at d = {d}')}; "
+    + (f"{distribution}'s own tuned rate not used" if own else f"not tuned for {distribution}"),
+  )
+
+
+def scaled_rbd_rate(model: str, dataset: str, method: str, d: int) -> Rate:
+  """RBD's d = 250 rate scaled by 250 / d (``for_total_d``), for ``method`` (Table 3).
+
+  For RBD the label is ``for_total_d``'s; for another method it also says that
+  this is RBD's rate and that no rate of ``method`` was tuned for the model.
+  """
+  rbd = rate(model, dataset, "rbd")
+  scaled = for_total_d(rbd, d)
+  if method == "rbd":
+    return scaled
+  name, model_name = METHOD_NAMES[method], MODEL_NAMES.get(model, model)
+  own = key(model, dataset, method) in TUNED or method in PAPER.get((model, dataset), {})
+  return Rate(
+    scaled.log2,
+    f"RBD's rate 2^{rbd.log2} ({_found_for(rbd, 'RBD at d = 250')}) x 250 / {d:,}; "
+    + (
+      f"{name}'s own rate for {model_name} not used"
+      if own
+      else f"no {name} rate tuned for {model_name}"
+    ),
+  )
+
+
+def unscaled(model: str, dataset: str, method: str) -> bool:
+  """Whether ``rate()`` at a d other than 250 falls back to the d = 250 rate.
+
+  True when neither our tuner nor a paper figure has a rate for that d, so
+  ``rate()`` returns the one found at d = 250 (for FPD without one: RBD's) as
+  it is. SGD has no d; NES's fallbacks (another dataset's rate at the same d,
+  the untuned default) do not depend on d.
+  """
+  if method == "sgd":
+    return False
+  default = key(model, dataset, method)
+  table4 = PAPER.get((model, dataset), {})
+  if method == "nes":
+    return default in TUNED
+  return default in TUNED or method in table4 or method == "fpd"
+
+
+def rate_at(model: str, dataset: str, method: str, *, d: int, distribution: str = "normal") -> Rate:
+  """``rate()`` at ``d``, its label saying "not scaled to d = <d>" where it is d = 250's.
+
+  ``rate()``'s own labels are kept as they are (tests and results files quote
+  them); configs that run at a d other than 250 use this one.
+  """
+  found = rate(model, dataset, method, d=d, distribution=distribution)
+  exact = key(model, dataset, method, d, distribution)
+  if d == 250 or exact in TUNED or exact in PAPER_FIGURES or not unscaled(model, dataset, method):
+    return found
+  if "d=250" in found.source:
+    return noted(found, f"not scaled to d = {d:,}")
+  return noted(found, f"the d = 250 rate, not scaled to d = {d:,}")

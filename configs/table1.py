@@ -88,6 +88,9 @@ def report(arg=None):
       {"metric": "validation_accuracy", "label": "validation acc %", "percent": True},
       {"metric": "test_accuracy", "label": "test acc %", "percent": True},
     ],
-    "plots": [{"kind": "curves", "metric": "validation_accuracy"}],
+    "plots": [
+      {"kind": "bars", "metric": "validation_accuracy"},
+      {"kind": "curves", "metric": "validation_accuracy"},
+    ],
     "notes": ["Paper: 100 epochs, 3 runs each (PAPER.md Table 1)."],
   }

@@ -12,7 +12,7 @@ scale, which divides every direction by sqrt(D) whatever its entries'
 variance (PAPER.md); configs/figb15.py runs them.
 """
 
-from configs import common
+from configs import common, learning_rates
 
 # PAPER.md Table 2: (mean, std) validation accuracy in %.
 PAPER = {
@@ -34,6 +34,13 @@ PAPER = {
 DISTRIBUTIONS = ("bernoulli", "uniform", "normal")
 TITLES = {"bernoulli": "Bernoulli-0.5", "uniform": "Uniform", "normal": "Normal"}
 EPOCHS = 100
+
+
+def _rbd(model: str, dataset: str, distribution: str) -> dict:
+  """RBD at the pair's rate for normal directions, labelled as normal's on the other two."""
+  run = common.method_run(model, dataset, "rbd")
+  run["rate"] = str(learning_rates.for_distribution(model, dataset, distribution))
+  return run
 
 
 def get_config(arg=None):
@@ -64,7 +71,7 @@ def sweep(arg=None):
           "paper": {"validation_accuracy": PAPER[model, dataset][distribution]},
           "bases.d": 250,
           "bases.distribution": distribution,
-          **common.method_run(model, dataset, "rbd"),
+          **_rbd(model, dataset, distribution),
         }
       )
   return common.finish(entries, arg)
@@ -80,6 +87,9 @@ def report(arg=None):
       {"metric": "validation_accuracy", "label": "validation acc %", "percent": True},
       {"metric": "test_accuracy", "label": "test acc %", "percent": True},
     ],
-    "plots": [{"kind": "curves", "metric": "validation_accuracy"}],
+    "plots": [
+      {"kind": "bars", "metric": "validation_accuracy"},
+      {"kind": "curves", "metric": "validation_accuracy"},
+    ],
     "notes": ["Paper: 100 epochs, 3 runs each (PAPER.md Table 2)."],
   }
