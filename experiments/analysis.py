@@ -21,8 +21,8 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from experiments import reproduce
 from experiments import results as results_lib
+from experiments import runs as runs_lib
 from random_bases import models, train
 from random_bases.data import preprocess
 from random_bases.method import directions as dirs
@@ -72,7 +72,7 @@ def _probe_images(config, examples: int):
   return images[:examples], labels[:examples], split
 
 
-def landscape(run: reproduce.Run, spec: dict, train_fn) -> dict:
+def landscape(run: runs_lib.Run, spec: dict, train_fn) -> dict:
   """Per distribution and epoch, the loss along ``spec["directions"]`` directions.
 
   Returns:
@@ -91,7 +91,7 @@ def landscape(run: reproduce.Run, spec: dict, train_fn) -> dict:
       continue
     config = run.config.copy_and_resolve_references()
     config.train.epochs = epoch
-    status, result = reproduce.execute(dataclasses.replace(run, config=config), train_fn)
+    status, result = runs_lib.execute(dataclasses.replace(run, config=config), train_fn)
     if result is None or status["status"] == "stopped":
       raise ValueError(
         f"{run.name} (seed {run.seed}) {status['status']} before epoch "
@@ -142,13 +142,13 @@ def quasi_orthogonality(spec: dict) -> dict:
   return out
 
 
-def analyse(report: dict, runs: list[reproduce.Run], *, train_fn, header, results_dir) -> list[str]:
+def analyse(report: dict, runs: list[runs_lib.Run], *, train_fn, header, results_dir) -> list[str]:
   """Runs the report's analysis and writes its results file and plot."""
   from experiments import plots
 
   os.makedirs(results_dir, exist_ok=True)
   spec = report["analysis"]
-  lines = results_lib.head(report, header, [reproduce.read_status(r.workdir) for r in runs])
+  lines = results_lib.head(report, header, [runs_lib.run_result(r).status for r in runs])
   lines.append("")
   plot_path = os.path.join(results_dir, f"{report['name']}_{spec['kind']}.png")
   if spec["kind"] == "orthogonality":

@@ -2,6 +2,7 @@
 
   python -m experiments.reproduce --config=configs/table1.py[:arg] --data_root=DIR \
       [--data=fashion_mnist=/usr/share/datasets/fashion-mnist] [--seeds=0,1,2]
+  python -m experiments.reproduce --config=configs/table1.py[:arg] --verify=2 [--data...]
 
 Run from the repository root (the configs import ``configs.common``).
 
@@ -15,17 +16,37 @@ row, unique), ``paper`` ({metric: (mean, std)} in the table's units),
 plots against d or K), and the tuner's ``group`` and ``log2_rate``.
 
 Each entry runs once per seed, one run after another, each in its own
-workdir ``<workdir_root>/<model>-<dataset>-<method>-<hash>-s<seed>``; the
-hash covers the whole config except ``IGNORED_FIELDS`` (train.epochs, where
-the data lives, ...), so raising the epochs extends the same runs, any other
-change starts new ones, and a run that two tables share (Table 1's
-CNN-CIFAR10 RBD is Fig. 4's K = 1) is trained once. When a run ends the
-runner writes ``reproduce.json`` beside its metrics (status, epochs, wall
-time, code version); a rerun skips runs whose status covers the epochs asked
-for, and the trainer resumes a killed run from its last checkpoint. After
-every run the results file ``<results_dir>/<report name>.md`` and its plots
-are rewritten from all the workdirs, so they always show where the sweep
-stands.
+workdir under ``--workdir_root`` (``experiments/runs.py``: names, statuses,
+records, resuming); a rerun skips the runs that are done, the trainer resumes
+a killed run from its last checkpoint, and a run whose workdir another
+process holds (another sweep training it) is skipped with one line. After
+every run the results file and its plots are rewritten from all the runs, so
+they always show where the sweep stands. The file is
+``<results_dir>/<report name>.md`` for one selection (the argument's
+non-default keys and ``--only``): the one whose command heads that file,
+else the config's default argument with every entry; any other selection
+writes ``<report name>@<selection>.md``, e.g. ``table1@epochs=1,steps=40.md``
+(``results_stem``), so a reduced or partial sweep never overwrites another's.
+
+Each run that ends leaves its record, ``<records_dir>/<results file
+stem>/<workdir name>.json`` (``--records_dir``, default
+``<results_dir>/runs``), for the user to commit beside the results file: a
+run whose record exists is done, and with the workdirs gone the results
+file and plots are rewritten from the records alone. The runner commits
+nothing. ``--verify=K`` reruns the first K recorded runs in sweep order
+(entries as the config lists them, seeds ascending), each in a fresh
+temporary workdir, and prints per run whether its metrics agree bit for bit
+with its record; it exits with 1 if any differ.
+
+Runs record the commit they ran from, so the runner refuses to start from a
+working tree that differs from it (``runs.git_state`` says which changes
+count) unless given ``--allow_dirty``; the results file's header and every
+run's status and record then say the tree was dirty. Outside a git checkout
+it runs and records no commit.
+
+Errors a user can act on end in one line and exit code 1, Ctrl-C in how to
+go on and 130 (``random_bases.cli.report_errors``; ``--traceback`` or
+``RANDOM_BASES_TRACEBACK=1`` shows the traceback).
 
 Data is never looked for in this checkout: ``--data=name=PATH,...`` names a
 dataset's folder (or image-folder archive), ``--data_root`` (default
@@ -41,7 +62,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
 import hashlib
 import importlib.util
 import json
@@ -49,24 +69,34 @@ import os
 import platform
 import re
 import shlex
-import subprocess
+import shutil
 import sys
-import time
+import tempfile
 import types
-from collections.abc import Callable
 from typing import Any
 
 import jax
 from absl import app, flags, logging
 
-from configs import common
+from experiments import analysis, tune
 from experiments import results as results_lib
-from random_bases import checks, config_lib, train
+from experiments.runs import (
+  CodeState,
+  DataLocations,
+  Run,
+  TrainFn,
+  code_state,
+  disagreements,
+  execute,
+  make_run,
+  read_records,
+  require_clean,
+  run_all,
+  run_record,
+  run_result,
+)
+from random_bases import cli, config_lib, train
 from random_bases import workdir as workdir_lib
-from random_bases.data import sources
-
-TrainFn = Callable[[Any, str], dict]
-
 
 # --- the config ---------------------------------------------------------------
 
@@ -93,118 +123,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
   return path, (arg if colon else None)
 
 
-# --- data locations -------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class DataLocations:
-  """Where each dataset is: per dataset (``--data``), else under one root."""
-
-  per_dataset: dict[str, str]
-  root: str | None
-
-  @classmethod
-  def parse(cls, data: str, root: str | None) -> DataLocations:
-    """From ``--data=mnist=DIR,cifar10=PATH`` and ``--data_root`` (or the env variable)."""
-    per_dataset = {}
-    for item in filter(None, (s.strip() for s in data.split(","))):
-      name, eq, path = item.partition("=")
-      if not eq or not path:
-        raise ValueError(f"--data item {item!r} must be <dataset>=<path>")
-      checks.check_choice("--data dataset", name, sources.DATASET_NAMES)
-      per_dataset[name] = os.path.abspath(os.path.expanduser(path))
-    root = root or os.environ.get("RANDOM_BASES_DATA_DIR") or None
-    return cls(per_dataset, os.path.abspath(os.path.expanduser(root)) if root else None)
-
-  def fill(self, config) -> None:
-    """Sets ``data.dir`` unless the config reads the shipped sample or names a dir."""
-    if config.data.source == "sample" or config.data.dir:
-      return
-    dataset = config.data.dataset
-    path = self.per_dataset.get(dataset, self.root)
-    if path is None:
-      raise ValueError(
-        f"no location for dataset {dataset!r}: pass --data={dataset}=PATH "
-        "or --data_root=DIR (or set RANDOM_BASES_DATA_DIR)"
-      )
-    if not os.path.exists(path):
-      raise ValueError(f"the data location for {dataset!r}, {path}, does not exist")
-    config.data.dir = path
-
-  def flags(self) -> list[str]:
-    """The flags that reproduce these locations exactly."""
-    out = []
-    if self.per_dataset:
-      out.append("--data=" + ",".join(f"{k}={v}" for k, v in sorted(self.per_dataset.items())))
-    if self.root:
-      out.append(f"--data_root={self.root}")
-    return out
-
-
-# --- runs -----------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Run:
-  """One entry of the sweep at one seed."""
-
-  entry: dict[str, Any]
-  seed: int
-  config: Any
-  workdir: str
-
-  @property
-  def name(self) -> str:
-    return self.entry["name"]
-
-
-# Fields left out of a workdir's name: a rerun may change them (the workdir
-# contract's RESUMABLE_FIELDS) and they change no epoch's metrics. Raising
-# train.epochs extends the same run. (metrics.gradient_correlation may change
-# too, but a run shared with a table that wants it must have it throughout.)
-IGNORED_FIELDS = (
-  "train.epochs",
-  "train.log_every_steps",
-  "train.eval_batch_size",
-  "data.dir",
-  "data.cache_dir",
-)
-
-
-def config_hash(config) -> str:
-  """Digest of the config's non-default fields, without ``IGNORED_FIELDS``.
-
-  Fields at their schema default are left out, so a field added to the
-  schema later does not rename the runs made before it.
-  """
-  defaults = {field.name: field.default for field in config_lib.FIELDS}
-  fields = {
-    k: v
-    for k, v in workdir_lib.flatten(workdir_lib.config_record(config)).items()
-    if k not in IGNORED_FIELDS and not (k in defaults and v == defaults[k])
-  }
-  return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
-
-
-def workdir_name(config) -> str:
-  """``<model>-<dataset>-<method or phases>-<hash>-s<seed>``: one name per distinct run."""
-  what = re.sub(r"[^a-z0-9]+", "-", (config.phases or config.method).lower()).strip("-")
-  return f"{config.model}-{config.data.dataset}-{what}-{config_hash(config)}-s{config.seed}"
-
-
-def make_run(
-  module, arg: str | None, entry: dict, seed: int, *, data: DataLocations, workdir_root: str
-) -> Run:
-  """The run of ``entry`` at ``seed``: its full config (checked) and its workdir."""
-  config = module.get_config(arg)
-  common.apply(config, entry)
-  config.seed = seed
-  data.fill(config)
-  try:
-    config_lib.validate(config)
-  except ValueError as e:
-    raise ValueError(f"sweep entry {entry['name']!r}: {e}") from e
-  return Run(entry, seed, config, os.path.join(workdir_root, workdir_name(config)))
+# --- the sweep ---------------------------------------------------------------------
 
 
 def select(entries: list[dict], only: str) -> list[dict]:
@@ -220,146 +139,16 @@ def select(entries: list[dict], only: str) -> list[dict]:
   return chosen
 
 
-# --- running ----------------------------------------------------------------------
-
-
-def read_status(workdir: str) -> dict | None:
-  path = os.path.join(workdir, results_lib.STATUS_FILE)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def is_done(run: Run) -> bool:
-  """Finished at (at least) the epochs asked for, or stopped for good."""
-  status = read_status(run.workdir)
-  if status is None:
-    return False
-  if status["status"] in ("stopped", "diverged"):
-    return True
-  return status["epochs"] >= run.config.train.epochs
-
-
-def execute(run: Run, train_fn: TrainFn) -> tuple[dict, dict | None]:
-  """Trains ``run`` (resuming its workdir) and writes its status.
-
-  A diverged run (``train.TrainingDiverged``) is a result, not an error: its
-  status says so and the sweep goes on.
-
-  Returns:
-    The status, and what ``train_fn`` returned (None if the run diverged).
-  """
-  before = read_status(run.workdir) or {}
-  start = time.perf_counter()
-  result = None
-  try:
-    result = train_fn(run.config, run.workdir)
-    status = {"status": "stopped" if result["stopped"] else "finished", "reason": result["stopped"]}
-  except train.TrainingDiverged as e:
-    logging.warning("%s (seed %d) diverged: %s", run.name, run.seed, e)
-    status = {"status": "diverged", "reason": str(e)}
-  finally:
-    jax.clear_caches()  # each run compiles its own steps; keep memory flat
-  status.update(
-    epochs=run.config.train.epochs,
-    code=code_version(),
-    wall_seconds=before.get("wall_seconds", 0.0) + time.perf_counter() - start,
-    ended=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-  )
-  os.makedirs(run.workdir, exist_ok=True)
-  path = os.path.join(run.workdir, results_lib.STATUS_FILE)
-  with open(path + ".tmp", "w") as f:
-    json.dump(status, f, indent=2)
-  os.replace(path + ".tmp", path)
-  return status, result
-
-
-class Progress:
-  """ "run k of n" and the ETA: the mean wall time of this session's runs times those left."""
-
-  def __init__(self, total: int):
-    self.total, self.done, self.seconds = total, 0, 0.0
-
-  def start(self, run: Run) -> None:
-    self.done += 1
-    logging.info(
-      "[run %d of %d] %s, seed %d -> %s", self.done, self.total, run.name, run.seed, run.workdir
-    )
-
-  def finish(self, run: Run, seconds: float, status: dict) -> None:
-    self.seconds += seconds
-    left = self.total - self.done
-    eta = results_lib.format_seconds(self.seconds / self.done * left)
-    logging.info(
-      "[run %d of %d] %s, seed %d: %s in %s; %d left, ETA of the sweep %s",
-      self.done,
-      self.total,
-      run.name,
-      run.seed,
-      status["status"],
-      results_lib.format_seconds(seconds),
-      left,
-      eta,
-    )
-
-  def grow(self, runs: int) -> None:
-    """More runs than planned (the tuner's refinements)."""
-    self.total += runs
-
-
-def run_all(
-  runs: list[Run], *, train_fn: TrainFn, after_each: Callable[[], None] = lambda: None
-) -> None:
-  """Runs every unfinished run in order, calling ``after_each`` when one ends."""
-  # A run two entries share (same config) is trained once.
-  todo = list({run.workdir: run for run in runs if not is_done(run)}.values())
-  logging.info(
-    "%d runs in the sweep, %d finished already, %d to run",
-    len(runs),
-    len(runs) - len(todo),
-    len(todo),
-  )
-  progress = Progress(len(todo))
-  for run in todo:
-    progress.start(run)
-    tic = time.perf_counter()
-    status, _ = execute(run, train_fn)
-    progress.finish(run, time.perf_counter() - tic, status)
-    after_each()
-
-
 def collect(runs: list[Run]) -> list[results_lib.Row]:
-  """Rows in sweep order, each with its seeds' runs as the workdirs hold them."""
+  """Rows in sweep order, each with its seeds' runs as their workdirs (else records) hold them."""
   rows: dict[str, results_lib.Row] = {}
   for run in runs:
     row = rows.setdefault(run.name, results_lib.Row(run.entry, []))
-    row.runs.append(results_lib.read_run(run.workdir, run.seed))
+    row.runs.append(run_result(run))
   return list(rows.values())
 
 
 # --- the results file -----------------------------------------------------------------
-
-
-@functools.cache
-def code_version() -> str:
-  """The git commit (read only), and whether the tree has uncommitted changes."""
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  git = ["git", "--no-optional-locks"]  # never touch the index others may be using
-  try:
-    commit = subprocess.run(
-      [*git, "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    dirty = subprocess.run(
-      [*git, "status", "--porcelain", "--untracked-files=no"],
-      cwd=root,
-      capture_output=True,
-      text=True,
-      check=True,
-    ).stdout
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown (not a git checkout)"
-  return commit + (" with uncommitted changes" if dirty.strip() else "")
 
 
 def machine() -> str:
@@ -376,16 +165,17 @@ def machine() -> str:
   )
 
 
-def header(command: str, seeds: list[int], only: str) -> list[tuple[str, str]]:
-  """The results file's header lines of this invocation."""
+def header(command: str, seeds: list[int], only: str, records: str) -> list[tuple[str, str]]:
+  """The results file's header lines of this invocation (``records``: its runs' records)."""
   now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
   return [
-    ("Command (from the repository root)", f"`{command}`"),
+    (results_lib.COMMAND_LABEL, f"`{command}`"),
     ("Seeds", ", ".join(map(str, seeds))),
     ("Entries", f"those matching `{only}`" if only else "all of the sweep"),
     ("Started", now),
     ("Machine", machine()),
-    ("Code now", code_version()),
+    ("Code now", code_state().describe()),
+    ("Run records", f"{records}/ (one JSON per run)"),
   ]
 
 
@@ -396,6 +186,7 @@ def command_line(
   data: DataLocations,
   workdir_root: str,
   results_dir: str,
+  records_dir: str | None = None,
   only: str,
 ) -> str:
   """The command that reproduces this invocation, data locations resolved."""
@@ -409,6 +200,8 @@ def command_line(
     f"--workdir_root={workdir_root}",
     f"--results_dir={results_dir}",
   ]
+  if records_dir is not None:
+    parts.append(f"--records_dir={records_dir}")
   if only:
     parts.append(f"--only={only}")
   return " ".join(shlex.quote(p) for p in parts)
@@ -434,7 +227,120 @@ def write_results(
   return [path, *written]
 
 
+# --- the results file's name -------------------------------------------------------------
+
+# Longest readable part of a results file's selection suffix.
+MAX_SLUG = 80
+
+
+def arg_items(module, arg: str | None) -> dict[str, Any]:
+  """The keys of ``arg`` that differ from their defaults, in the order the config declares them.
+
+  The keys and defaults are those the config's ``report`` hands to
+  ``parse_arg``, so ``steps=40,epochs=1`` and ``epochs=1,steps=40,eval=-1``
+  are the same selection.
+  """
+  accepted = config_lib.config_args(module.report, arg)
+  parsed = config_lib.parse_arg(arg, **{a.name: a.default for a in accepted})
+  return {a.name: parsed[a.name] for a in accepted if parsed[a.name] != a.default}
+
+
+def selection_slug(items: dict[str, Any], only: str) -> str:
+  """``epochs=1,steps=40[,only=REGEX]`` (or ``default``): a sweep's selection in a file name.
+
+  Characters that a file name or a markdown link would mangle become ``_``,
+  and a hash of the exact text then keeps selections apart, as it does for
+  a text longer than ``MAX_SLUG``.
+  """
+  parts = [
+    key if value is True else f"{key}={config_lib.format_arg_value(value)}"
+    for key, value in items.items()
+  ]
+  if only:
+    parts.append(f"only={only}")
+  text = ",".join(parts) or "default"
+  slug = re.sub(r"[^A-Za-z0-9=,.+_-]", "_", text)
+  if slug != text or len(slug) > MAX_SLUG:
+    slug = f"{slug[: MAX_SLUG - 9]}~{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+  return slug
+
+
+def command_selection(module, command: str | None) -> tuple[dict[str, Any], str] | None:
+  """The selection (non-default argument keys, --only) of a reproduce command, or None."""
+  if command is None:
+    return None
+  try:
+    words = shlex.split(command)
+  except ValueError:
+    return None
+  spec, only = None, ""
+  for word in words:
+    if word.startswith("--config="):
+      spec = word[len("--config=") :]
+    elif word.startswith("--only="):
+      only = word[len("--only=") :]
+  if spec is None:
+    return None
+  try:
+    return arg_items(module, split_spec(spec)[1]), only
+  except ValueError:  # an argument this config no longer takes
+    return None
+
+
+def results_stem(module, stem: str, arg: str | None, only: str, results_dir: str) -> str:
+  """The results file's name (without ``.md``) for this sweep: ``stem`` or ``stem@<selection>``.
+
+  ``<stem>.md`` belongs to one selection (the argument's non-default keys
+  and ``--only``): to the one whose command heads that file, else, while
+  there is none, to the config's default argument with every entry. Any
+  other selection writes ``<stem>@<selection>.md`` (``selection_slug``), so
+  a reduced or partial sweep never overwrites another's results, and a
+  results file rerun with the command in its header keeps its name.
+  """
+  path = os.path.join(results_dir, f"{stem}.md")
+  selection = (arg_items(module, arg), only)
+  if os.path.exists(path):
+    owner = command_selection(module, results_lib.read_command(path))
+  else:
+    owner = ({}, "")
+  if selection == owner:
+    return stem
+  return f"{stem}@{selection_slug(*selection)}"
+
+
 # --- the command -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+  """A config's sweep as one invocation selects it, and the folder of its runs' records."""
+
+  module: types.ModuleType
+  arg: str | None
+  report: dict  # the config's report, its name that of the results file (``results_stem``)
+  entries: list[dict]
+  records: str
+
+  @classmethod
+  def load(cls, spec: str, *, only: str, results_dir: str, records_dir: str | None) -> Sweep:
+    path, arg = split_spec(spec)
+    module = load_config_module(path)
+    report = module.report(arg)
+    entries = select(module.sweep(arg), only)
+    report = {**report, "name": results_stem(module, report["name"], arg, only, results_dir)}
+    records = os.path.join(records_dir or os.path.join(results_dir, "runs"), report["name"])
+    return cls(module, arg, report, entries, records)
+
+  def run(self, entry: dict, seed: int, *, data: DataLocations, workdir_root: str) -> Run:
+    return make_run(
+      self.module,
+      self.arg,
+      entry,
+      seed,
+      data=data,
+      workdir_root=workdir_root,
+      records_dir=self.records,
+    )
 
 
 def reproduce(
@@ -444,37 +350,45 @@ def reproduce(
   data: DataLocations,
   workdir_root: str,
   results_dir: str,
+  records_dir: str | None = None,
   only: str = "",
+  allow_dirty: bool = False,
   train_fn: TrainFn = train.train_and_evaluate,
 ) -> list[str]:
-  """Runs the sweep of config ``spec`` (resuming) and writes its results; returns the files."""
-  path, arg = split_spec(spec)
-  module = load_config_module(path)
-  report = module.report(arg)
-  entries = select(module.sweep(arg), only)
+  """Runs the sweep of config ``spec`` (resuming) and writes its results; returns the files.
+
+  Raises:
+    ValueError: a bad config, argument or data location, or a working tree that
+      differs from its commit without ``allow_dirty``, before anything runs.
+  """
+  sweep = Sweep.load(spec, only=only, results_dir=results_dir, records_dir=records_dir)
+  report = sweep.report
 
   def runs_of(entry: dict) -> list[Run]:
-    return [
-      make_run(module, arg, entry, seed, data=data, workdir_root=workdir_root) for seed in seeds
-    ]
+    return [sweep.run(entry, seed, data=data, workdir_root=workdir_root) for seed in seeds]
 
-  runs = [run for entry in entries for run in runs_of(entry)]  # all checked before any runs
-  head = header(
-    command_line(
-      spec, seeds=seeds, data=data, workdir_root=workdir_root, results_dir=results_dir, only=only
-    ),
-    seeds,
-    only,
+  runs = [run for entry in sweep.entries for run in runs_of(entry)]  # all checked before any runs
+  require_clean(allow_dirty)
+  logging.info(
+    "Results file: %s; run records: %s",
+    os.path.join(results_dir, f"{report['name']}.md"),
+    sweep.records,
   )
+  command = command_line(
+    spec,
+    seeds=seeds,
+    data=data,
+    workdir_root=workdir_root,
+    results_dir=results_dir,
+    records_dir=records_dir,
+    only=only,
+  )
+  head = header(command, seeds, only, sweep.records)
   if "tune" in report:
-    from experiments import tune
-
     return tune.tune(
       report, runs, runs_of=runs_of, train_fn=train_fn, header=head, results_dir=results_dir
     )
   if "analysis" in report:
-    from experiments import analysis
-
     return analysis.analyse(report, runs, train_fn=train_fn, header=head, results_dir=results_dir)
   run_all(
     runs, train_fn=train_fn, after_each=lambda: write_results(report, runs, head, results_dir)
@@ -482,6 +396,115 @@ def reproduce(
   written = write_results(report, runs, head, results_dir)
   logging.info("Wrote %s", ", ".join(written))
   return written
+
+
+# --- --verify ------------------------------------------------------------------------------
+
+
+def recorded_runs(
+  sweep: Sweep, records: dict[str, dict], *, data: DataLocations, workdir_root: str
+) -> list[Run]:
+  """The sweep's runs that have a record, in sweep order: entries as listed, seeds ascending."""
+  runs: dict[str, Run] = {}
+  for entry in sweep.entries:
+    for seed in sorted({r["seed"] for r in records.values() if r["name"] == entry["name"]}):
+      run = sweep.run(entry, seed, data=data, workdir_root=workdir_root)
+      if os.path.basename(run.workdir) in records:
+        runs.setdefault(run.workdir, run)  # a run two entries share is one run
+  return list(runs.values())
+
+
+def headline_metric(report: dict) -> str:
+  """The metric a verification line shows: the results file's first column, the tuner's."""
+  if report.get("columns"):
+    return report["columns"][0]["metric"]
+  if "tune" in report:
+    return report["tune"]["metric"]
+  return "train_loss"
+
+
+def final_value(record: dict, metric: str) -> str:
+  """The last epoch's ``metric`` as its JSON text (exact), or why there is none."""
+  if not record["metrics"]:
+    return f"none ({record['status']['status']} before its first epoch)"
+  return json.dumps(record["metrics"][-1].get(metric))
+
+
+def verify_run(run: Run, recorded: dict, *, metric: str, now: CodeState, train_fn) -> list[str]:
+  """Reruns ``run`` in its (fresh) workdir and prints its line; returns what differs."""
+  run = dataclasses.replace(run, record=None)  # the record stays as committed
+  execute(run, train_fn)
+  rerun = run_record(run)
+  differ = disagreements(recorded, rerun)
+  shown = next((key for key in differ if key not in ("status", "data", "epochs")), metric)
+  line = (
+    f"{run.name}, seed {run.seed}: {shown} recorded {final_value(recorded, shown)}, rerun "
+    f"{final_value(rerun, shown)}: " + (f"DIFFER ({', '.join(differ)})" if differ else "AGREE")
+  )
+  if recorded["status"].get("commit") != now.commit:
+    line += (
+      f" (recorded at {results_lib.code_text(recorded['status'])}, "
+      f"rerun at {results_lib.code_text(now.status())})"
+    )
+  print(line, flush=True)
+  return differ
+
+
+def verify(
+  spec: str,
+  *,
+  cells: int,
+  data: DataLocations,
+  results_dir: str,
+  records_dir: str | None = None,
+  only: str = "",
+  allow_dirty: bool = False,
+  train_fn: TrainFn = train.train_and_evaluate,
+) -> list[tuple[Run, list[str]]]:
+  """Reruns the first ``cells`` recorded runs of the sweep and compares them with their records.
+
+  Each run trains from the current code in a fresh temporary workdir, and
+  its metrics at every epoch (timings left out), status and data
+  fingerprint must equal its record's exactly (``runs.disagreements``).
+  Prints one line per run: name, seed, the headline metric as recorded and
+  as rerun, AGREE or DIFFER (and what differs), and the recorded commit
+  where it is not the current one.
+
+  Returns:
+    Each run rerun, with what of it differs from its record (nothing: agrees).
+
+  Raises:
+    ValueError: the sweep has no records, or the working tree differs from
+      its commit and not ``allow_dirty``, before anything runs.
+  """
+  if cells < 1:
+    raise ValueError(f"--verify={cells}: the number of runs to rerun must be at least 1")
+  sweep = Sweep.load(spec, only=only, results_dir=results_dir, records_dir=records_dir)
+  records = read_records(sweep.records)
+  if not records:
+    raise ValueError(f"no run records in {sweep.records}: the sweep writes them as its runs end")
+  now = require_clean(allow_dirty)
+  scratch = tempfile.mkdtemp(prefix="verify-")
+  try:
+    runs = recorded_runs(sweep, records, data=data, workdir_root=scratch)
+    stale = sorted(set(records) - {os.path.basename(run.workdir) for run in runs})
+    if stale:
+      print(f"Records of runs this sweep no longer has (its config changed?): {', '.join(stale)}")
+    chosen = runs[:cells]
+    print(
+      f"Rerunning {len(chosen)} of the {len(runs)} recorded runs of {sweep.report['name']} "
+      f"(the first in sweep order) at {now.describe()}",
+      flush=True,
+    )
+    metric = headline_metric(sweep.report)
+    found = []
+    for run in chosen:
+      recorded = records[os.path.basename(run.workdir)]
+      found.append((run, verify_run(run, recorded, metric=metric, now=now, train_fn=train_fn)))
+      shutil.rmtree(run.workdir, ignore_errors=True)  # checkpoints can be large
+  finally:
+    shutil.rmtree(scratch, ignore_errors=True)
+  return found
 
 
 def _define_flags() -> None:
@@ -496,30 +519,89 @@ def _define_flags() -> None:
     "a folder of datasets (mnist/, fashion_mnist/, cifar10/ ...); default $RANDOM_BASES_DATA_DIR",
   )
   flags.DEFINE_string("workdir_root", "runs", "where the runs' workdirs go")
-  flags.DEFINE_string("results_dir", "results", "where the results file and plots go")
+  flags.DEFINE_string(
+    "results_dir",
+    "results",
+    "where the results file and plots go: <name>.md for the selection whose command heads it "
+    "(else the config's default argument), <name>@<arg,only=...>.md for any other",
+  )
+  flags.DEFINE_string(
+    "records_dir",
+    None,
+    "where the runs' records go, <records_dir>/<results file name>/<run>.json; default "
+    "<results_dir>/runs",
+  )
   flags.DEFINE_string("only", "", "run only the entries whose name matches this regex")
+  flags.DEFINE_bool(
+    "allow_dirty",
+    False,
+    "run although the working tree differs from its commit (the results file and records say so)",
+  )
+  flags.DEFINE_integer(
+    "verify",
+    None,
+    "instead of the sweep, rerun the first K recorded runs (sweep order; their own seeds) in "
+    "fresh workdirs and check that their metrics equal the records bit for bit",
+  )
+  cli.define_traceback_flag()
+  flags.declare_key_flag("traceback")  # listed by this command's --help
+
+
+def interrupted_message() -> str:
+  command = shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
+  return (
+    "Interrupted: finished runs are kept and the interrupted one resumes from its last "
+    f"checkpoint; the same command goes on: {command}"
+  )
+
+
+def parse_seeds(values: list[str]) -> list[int]:
+  try:
+    return [int(s) for s in values]
+  except ValueError as e:
+    raise ValueError(f"--seeds={','.join(values)} must be integers") from e
 
 
 def main(argv) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    sys.exit(f"Unexpected arguments: {argv[1:]} (--help lists the flags)")
   workdir_lib.quiet_orbax_logs()
   values = flags.FLAGS
-  try:
-    seeds = [int(s) for s in values.seeds]
-    data = DataLocations.parse(values.data, values.data_root)
+
+  records_dir = values.records_dir and os.path.expanduser(values.records_dir)
+
+  def run() -> None:
     reproduce(
       values.config,
-      seeds=seeds,
-      data=data,
-      workdir_root=values.workdir_root,
-      results_dir=values.results_dir,
+      seeds=parse_seeds(values.seeds),
+      data=DataLocations.parse(values.data, values.data_root),
+      workdir_root=os.path.expanduser(values.workdir_root),
+      results_dir=os.path.expanduser(values.results_dir),
+      records_dir=records_dir,
       only=values.only,
+      allow_dirty=values.allow_dirty,
     )
-  except (ValueError, workdir_lib.WorkdirMismatch) as e:
-    sys.exit(f"{type(e).__name__}: {e}")
+
+  def check() -> None:
+    found = verify(
+      values.config,
+      cells=values.verify,
+      data=DataLocations.parse(values.data, values.data_root),
+      results_dir=os.path.expanduser(values.results_dir),
+      records_dir=records_dir,
+      only=values.only,
+      allow_dirty=values.allow_dirty,
+    )
+    differ = [run for run, differences in found if differences]
+    if differ:
+      sys.exit(f"{len(differ)} of {len(found)} rerun(s) DIFFER from their records")
+
+  if values.verify is None:
+    cli.report_errors(run, interrupted=interrupted_message)
+  else:
+    cli.report_errors(check, interrupted=lambda: "Interrupted: nothing of the checkout was changed")
 
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_absl_flags)

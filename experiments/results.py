@@ -1,10 +1,10 @@
-"""The results writer: a sweep's workdirs -> one markdown table against the paper.
+"""The results writer: a sweep's runs -> one markdown table against the paper.
 
-Reads what the runs left (``metrics.jsonl``, ``data.json``, and the runner's
-``reproduce.json``) and writes, for each sweep entry, the paper's value
-+- std, ours (mean +- std over seeds, the last epoch of each run), the
-difference, the seeds, the epochs actually run, the rate, the data used and
-the time taken. Nothing here trains or imports jax.
+Takes each run as ``experiments/runs.py`` reads it (from its workdir, else
+its record: metrics, data identity, status) and writes, for each sweep
+entry, the paper's value +- std, ours (mean +- std over seeds, the last
+epoch of each run), the difference, the seeds, the epochs actually run, the
+rate, the data used and the time taken. Nothing here trains or imports jax.
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
-import json
 import math
 import os
 from typing import Any
 
-# Written by experiments/reproduce.py into each run's workdir once the run ends.
-STATUS_FILE = "reproduce.json"
+# The header line of a results file that holds the command which wrote it.
+COMMAND_LABEL = "Command (from the repository root)"
 
 
 @dataclasses.dataclass
 class RunResult:
-  """One seed's run as its workdir holds it (empty ``metrics`` if it has not run)."""
+  """One seed's run as its workdir or record holds it (empty ``metrics`` if it has not run)."""
 
   seed: int
   workdir: str
@@ -55,35 +54,17 @@ class Row:
     return [run.final[metric] for run in self.finals() if run.final.get(metric) is not None]
 
 
-def _read_json(path: str) -> dict | None:
+def read_command(path: str) -> str | None:
+  """The command in the header of the results file ``path``; None if it has none or is absent."""
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def read_metrics(path: str) -> list[dict[str, Any]]:
-  """The lines of a metrics.jsonl; a line cut off by a crash is skipped."""
-  if not os.path.exists(path):
-    return []
-  rows = []
+  prefix = f"- {COMMAND_LABEL}: `"
   with open(path) as f:
     for line in f:
-      try:
-        rows.append(json.loads(line))
-      except json.JSONDecodeError:
-        continue
-  return rows
-
-
-def read_run(workdir: str, seed: int) -> RunResult:
-  return RunResult(
-    seed=seed,
-    workdir=workdir,
-    metrics=read_metrics(os.path.join(workdir, "metrics.jsonl")),
-    status=_read_json(os.path.join(workdir, STATUS_FILE)),
-    data=_read_json(os.path.join(workdir, "data.json")),
-  )
+      line = line.rstrip("\n")
+      if line.startswith(prefix) and line.endswith("`"):
+        return line[len(prefix) : -1]
+  return None
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:
@@ -281,9 +262,18 @@ def data_sources(rows: list[Row]) -> list[str]:
   ]
 
 
+def code_text(status: dict) -> str:
+  """The code a run ran from, as its status records it: the commit and whether it was clean."""
+  if "commit" not in status:  # statuses written before commits were recorded
+    return status.get("code", "not recorded")
+  if status["commit"] is None:
+    return "not a git checkout (commit unknown)"
+  return f"{status['commit'][:7]} " + ("(clean)" if status["clean"] else "with uncommitted changes")
+
+
 def code_of_runs(statuses: list[dict | None]) -> str:
-  """The code versions the runs were trained with (from their status files), counted."""
-  counts = collections.Counter(status.get("code", "not recorded") for status in statuses if status)
+  """The code versions the runs were trained with (from their statuses), counted."""
+  counts = collections.Counter(code_text(status) for status in statuses if status)
   return (
     "; ".join(f"{code} ({n} run{'s' * (n > 1)})" for code, n in counts.items())
     or "no run has ended yet"

@@ -9,9 +9,10 @@ neighbours have been tried, never past the paper's bounds. If the losses are
 unimodal in log2 of the rate, that finds the same power as the full grid.
 
 Run through ``python -m experiments.reproduce --config=configs/table4.py:...``;
-every trial is an ordinary run of the runner (own workdir, skipped when
-finished, resumed when killed), so an interrupted search picks up where it
-stopped. The chosen rates are printed as the lines of
+every trial is an ordinary run of the runner (``experiments/runs.py``: own
+workdir and record, skipped when done, resumed when killed), so an
+interrupted search picks up where it stopped, and its table is rewritten
+from the records alone when the workdirs are gone. The chosen rates are printed as the lines of
 configs/learning_rates.py TUNED, the one place the table configs read them.
 """
 
@@ -25,8 +26,8 @@ from collections.abc import Callable
 from absl import logging
 
 from configs import common, learning_rates
-from experiments import reproduce
 from experiments import results as results_lib
+from experiments import runs as runs_lib
 
 
 def best_rate(losses: dict[int, float]) -> int | None:
@@ -74,14 +75,14 @@ def trial_entry(entry: dict, log2: int) -> dict:
   }
 
 
-def trial_loss(runs: list[reproduce.Run], metric: str) -> float:
+def trial_loss(runs: list[runs_lib.Run], metric: str) -> float:
   """Mean over seeds of the last epoch's ``metric``; inf if any seed diverged."""
   values = []
   for run in runs:
-    status = reproduce.read_status(run.workdir) or {}
-    metrics = results_lib.read_metrics(os.path.join(run.workdir, "metrics.jsonl"))
-    value = metrics[-1].get(metric) if metrics else None
-    if status.get("status") == "diverged" or value is None or not math.isfinite(value):
+    found = runs_lib.run_result(run)
+    value = found.final.get(metric) if found.final else None
+    diverged = (found.status or {}).get("status") == "diverged"
+    if diverged or value is None or not math.isfinite(value):
       return math.inf
     values.append(value)
   return sum(values) / len(values)
@@ -89,7 +90,7 @@ def trial_loss(runs: list[reproduce.Run], metric: str) -> float:
 
 def tune(
   report: dict,
-  runs: list[reproduce.Run],
+  runs: list[runs_lib.Run],
   *,
   runs_of: Callable[[dict], list],
   train_fn,
@@ -110,27 +111,28 @@ def tune(
     The files written.
   """
   spec = report["tune"]
-  groups: dict[str, list[reproduce.Run]] = {}
+  groups: dict[str, list[runs_lib.Run]] = {}
   for run in runs:
     groups.setdefault(run.entry["group"], []).append(run)
-  progress = reproduce.Progress(sum(not reproduce.is_done(r) for r in runs))
+  progress = runs_lib.Progress(sum(not runs_lib.is_done(r) for r in runs))
   searched: dict[str, dict] = {}
   written: list[str] = []
   for group, group_runs in groups.items():
     template = group_runs[0].entry
-    by_rate: dict[int, list[reproduce.Run]] = {}
+    by_rate: dict[int, list[runs_lib.Run]] = {}
     for run in group_runs:
       by_rate.setdefault(run.entry["log2_rate"], []).append(run)
 
     def loss_at(log2: int, template=template, by_rate=by_rate) -> float:
       if log2 not in by_rate:
         by_rate[log2] = runs_of(trial_entry(template, log2))
-        progress.grow(sum(not reproduce.is_done(r) for r in by_rate[log2]))
+        progress.grow(sum(not runs_lib.is_done(r) for r in by_rate[log2]))
+      runs_lib.export_records(by_rate[log2])
       for run in by_rate[log2]:
-        if not reproduce.is_done(run):
+        if not runs_lib.is_done(run):
           progress.start(run)
           tic = time.perf_counter()
-          status, _ = reproduce.execute(run, train_fn)
+          status, _ = runs_lib.execute(run, train_fn)
           progress.finish(run, time.perf_counter() - tic, status)
       return trial_loss(by_rate[log2], spec["metric"])
 
@@ -181,7 +183,7 @@ def write(
   spec = report["tune"]
   metric = spec["metric"]
   statuses = [
-    reproduce.read_status(run.workdir)
+    runs_lib.run_result(run).status
     for result in searched.values()
     for trial in result["runs"].values()
     for run in trial
@@ -200,17 +202,13 @@ def write(
   for result in searched.values():
     row = _group_row(result)
     ours, paper = row["ours"], row["paper"]
-    finals = (
-      []
-      if ours is None
-      else [results_lib.read_run(run.workdir, run.seed) for run in result["runs"][ours]]
-    )
+    finals = [] if ours is None else [runs_lib.run_result(run) for run in result["runs"][ours]]
     tried = ", ".join(
       f"{k}: {v:.3g}" if math.isfinite(v) else f"{k}: diverged"
       for k, v in sorted(result["losses"].items())
     )
     wall = sum(
-      (reproduce.read_status(run.workdir) or {}).get("wall_seconds", 0.0)
+      (runs_lib.run_result(run).status or {}).get("wall_seconds", 0.0)
       for trial in result["runs"].values()
       for run in trial
     )

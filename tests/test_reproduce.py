@@ -1,9 +1,14 @@
 """The runner, the results writer, the tuner's search and the plots."""
 
 import json
+import logging
 import math
 import os
 import pathlib
+import shlex
+import shutil
+import subprocess
+import sys
 import textwrap
 
 import jax
@@ -13,9 +18,9 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from experiments import analysis, plots, reproduce, tune
+from experiments import analysis, plots, reproduce, runs, tune
 from experiments import results as results_lib
-from random_bases import config_lib, models, train
+from random_bases import cli, config_lib, models, train
 from random_bases import workdir as workdir_lib
 from random_bases.data import preprocess
 
@@ -54,7 +59,7 @@ def write_run(workdir, *, accuracies, status=None, description=None):
         f,
       )
   if status:
-    with open(os.path.join(workdir, results_lib.STATUS_FILE), "w") as f:
+    with open(os.path.join(workdir, runs.STATUS_FILE), "w") as f:
       json.dump(status, f)
 
 
@@ -121,8 +126,8 @@ def rows(tmp_path):
     "rate": "2^-3 (tuned)",
   }
   return [
-    results_lib.Row(rbd, [results_lib.read_run(str(tmp_path / f"rbd{s}"), s) for s in (0, 1)]),
-    results_lib.Row(sgd, [results_lib.read_run(str(tmp_path / f"sgd{s}"), s) for s in (0, 1)]),
+    results_lib.Row(rbd, [runs.read_workdir(str(tmp_path / f"rbd{s}"), s) for s in (0, 1)]),
+    results_lib.Row(sgd, [runs.read_workdir(str(tmp_path / f"sgd{s}"), s) for s in (0, 1)]),
   ]
 
 
@@ -162,7 +167,7 @@ def test_results_table_against_the_paper(rows):
 def test_a_row_without_runs_says_so(tmp_path):
   row = results_lib.Row(
     {"name": "FC-MNIST NES", "paper": {"validation_accuracy": (22.5, 1.7)}},
-    [results_lib.read_run(str(tmp_path / "none"), 0)],
+    [runs.read_workdir(str(tmp_path / "none"), 0)],
   )
   body, notes = results_lib.table([row], REPORT["columns"])
   assert body[2] == (
@@ -194,10 +199,10 @@ def test_curves_plot_marks_the_papers_values(rows, tmp_path):
 
 def test_data_locations_fill_only_what_the_config_leaves_open(tmp_path):
   (tmp_path / "mnist").mkdir()
-  data = reproduce.DataLocations.parse(f"mnist={tmp_path / 'mnist'}", str(tmp_path / "root"))
+  data = runs.DataLocations.parse(f"mnist={tmp_path / 'mnist'}", str(tmp_path / "root"))
   assert data.flags() == [f"--data=mnist={tmp_path / 'mnist'}", f"--data_root={tmp_path / 'root'}"]
   assert (
-    reproduce.DataLocations.parse(data.flags()[0][len("--data=") :], data.root) == data
+    runs.DataLocations.parse(data.flags()[0][len("--data=") :], data.root) == data
   )  # the printed flags reproduce it
   config = config_lib.base_config()
   data.fill(config)
@@ -211,18 +216,18 @@ def test_data_locations_fill_only_what_the_config_leaves_open(tmp_path):
   assert config.data.dir == ""  # the shipped sample needs no location
   config.data.source = "auto"
   with pytest.raises(ValueError, match=r"--data=mnist=PATH or --data_root"):
-    reproduce.DataLocations({}, None).fill(config)
+    runs.DataLocations({}, None).fill(config)
   with pytest.raises(ValueError, match="'svhn' is not supported"):
-    reproduce.DataLocations.parse("svhn=/x", None)
+    runs.DataLocations.parse("svhn=/x", None)
 
 
 def test_workdir_names_ignore_only_fields_a_rerun_may_change():
-  assert set(reproduce.IGNORED_FIELDS) <= set(workdir_lib.RESUMABLE_FIELDS)
+  assert set(runs.IGNORED_FIELDS) <= set(workdir_lib.RESUMABLE_FIELDS)
   config = config_lib.base_config()
-  name = reproduce.workdir_name(config)
+  name = runs.workdir_name(config)
   assert name.startswith("fc-mnist-rbd-") and name.endswith("-s0")
   config.train.epochs, config.data.dir = 7, "/elsewhere"
-  assert reproduce.workdir_name(config) == name
+  assert runs.workdir_name(config) == name
   for field, value in (
     ("learning_rate.rbd", 4.0),
     ("metrics.gradient_correlation", True),
@@ -230,7 +235,7 @@ def test_workdir_names_ignore_only_fields_a_rerun_may_change():
   ):
     changed = config_lib.base_config()
     changed.update_from_flattened_dict({field: value})
-    assert reproduce.workdir_name(changed) != name, field
+    assert runs.workdir_name(changed) != name, field
 
 
 # --- the runner end to end -------------------------------------------------------------
@@ -283,22 +288,33 @@ def test_runner_runs_skips_extends_and_resumes(tmp_path):
   config_file.write_text(TINY_CONFIG)
   kwargs = dict(
     seeds=[0],
-    data=reproduce.DataLocations({}, None),
+    data=runs.DataLocations({}, None),
     workdir_root=str(tmp_path / "runs"),
     results_dir=str(tmp_path / "results"),
+    allow_dirty=True,  # whatever state the checkout is in (test_runs.py tests the refusal)
   )
+  # The results of another selection, which this sweep must leave alone.
+  os.makedirs(tmp_path / "results")
+  other = (
+    f"- {results_lib.COMMAND_LABEL}: `python -m experiments.reproduce --config=tiny.py:epochs=5`\n"
+  )
+  (tmp_path / "results" / "tiny.md").write_text(other)
   written = reproduce.reproduce(f"{config_file}:epochs=1", **kwargs)
-  assert [os.path.basename(p) for p in written] == [
-    "tiny.md",
-    "tiny_curves_validation_accuracy.png",
-  ]
-  text = (tmp_path / "results" / "tiny.md").read_text()
-  command = reproduce.command_line(f"{config_file}:epochs=1", **kwargs, only="")
+  assert (tmp_path / "results" / "tiny.md").read_text() == other
+  # Not the default argument: its own name, and so its plots (which plots.py decides).
+  assert os.path.basename(written[0]) == "tiny@epochs=1.md"
+  assert all(os.path.basename(p).startswith("tiny@epochs=1_") for p in written[1:])
+  text = (tmp_path / "results" / "tiny@epochs=1.md").read_text()
+  command = reproduce.command_line(
+    f"{config_file}:epochs=1",
+    **{k: v for k, v in kwargs.items() if k != "allow_dirty"},
+    only="",
+  )
   assert f"- Command (from the repository root): `{command}`" in text
   assert "| SGD | " in text and "SGD diverging, seed 0: diverged after epoch 0" in text
-  runs = sorted(os.listdir(tmp_path / "runs"))
-  assert len(runs) == 2
-  statuses = {r: reproduce.read_status(str(tmp_path / "runs" / r)) for r in runs}
+  workdirs = sorted(os.listdir(tmp_path / "runs"))
+  assert len(workdirs) == 2
+  statuses = {r: runs.read_status(str(tmp_path / "runs" / r)) for r in workdirs}
   assert sorted(s["status"] for s in statuses.values()) == ["diverged", "finished"]
   (sgd,) = [r for r, s in statuses.items() if s["status"] == "finished"]
 
@@ -309,15 +325,302 @@ def test_runner_runs_skips_extends_and_resumes(tmp_path):
   trainer = Counting()
   reproduce.reproduce(f"{config_file}:epochs=2", **kwargs, train_fn=trainer)
   assert trainer.calls == [str(tmp_path / "runs" / sgd)]
-  metrics = results_lib.read_metrics(str(tmp_path / "runs" / sgd / "metrics.jsonl"))
+  metrics = runs.read_metrics(str(tmp_path / "runs" / sgd / "metrics.jsonl"))
   assert [m["epoch"] for m in metrics] == [1, 2]
 
-  # A run killed before its status was written is run again and resumes (no new epochs).
-  os.remove(tmp_path / "runs" / sgd / results_lib.STATUS_FILE)
+  # A run killed before its status and record were written is run again and resumes (no new
+  # epochs).
+  os.remove(tmp_path / "runs" / sgd / runs.STATUS_FILE)
+  os.remove(tmp_path / "results" / "runs" / "tiny@epochs=2" / f"{sgd}.json")
   trainer = Counting()
   reproduce.reproduce(f"{config_file}:epochs=2", **kwargs, train_fn=trainer)
   assert len(trainer.calls) == 1
-  assert len(results_lib.read_metrics(str(tmp_path / "runs" / sgd / "metrics.jsonl"))) == 2
+  assert len(runs.read_metrics(str(tmp_path / "runs" / sgd / "metrics.jsonl"))) == 2
+
+
+def test_a_run_another_process_holds_is_skipped_and_the_sweep_goes_on(tmp_path, caplog):
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text(TINY_CONFIG)
+  data = runs.DataLocations({}, None)
+  module = reproduce.load_config_module(str(config_file))
+  sgd, diverging = [
+    runs.make_run(module, None, entry, 0, data=data, workdir_root=str(tmp_path / "runs"))
+    for entry in module.sweep(None)
+  ]
+  held = workdir_lib.Workdir(sgd.workdir)  # as another sweep training it now holds it
+  held.claim()
+  trainer = Counting()
+  try:
+    with caplog.at_level(logging.WARNING):
+      reproduce.reproduce(
+        str(config_file),
+        seeds=[0],
+        data=data,
+        workdir_root=str(tmp_path / "runs"),
+        results_dir=str(tmp_path / "results"),
+        allow_dirty=True,
+        train_fn=trainer,
+      )
+  finally:
+    held.release()
+  assert trainer.calls == [sgd.workdir, diverging.workdir]
+  messages = [record.getMessage() for record in caplog.records]
+  assert f"[run 1 of 2] SGD, seed 0: skipped: held by another process ({sgd.workdir})" in messages
+  assert runs.read_status(sgd.workdir) is None  # not done: the next sweep runs it
+  assert runs.read_status(diverging.workdir)["status"] == "diverged"
+
+
+# --- run records and --verify -----------------------------------------------------------
+
+
+def sweep_kwargs(root):
+  """The tiny sweep at seeds 0 and 1 with its workdirs, results and records under ``root``."""
+  return dict(
+    seeds=[0, 1],
+    data=runs.DataLocations({}, None),
+    workdir_root=str(root / "runs"),
+    results_dir=str(root / "results"),
+    allow_dirty=True,  # whatever state the checkout is in (test_runs.py tests the refusal)
+  )
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory):
+  """A finished tiny sweep: tiny.py, runs/ (workdirs), results/tiny.md, results/runs/tiny/."""
+  root = tmp_path_factory.mktemp("recorded")
+  (root / "tiny.py").write_text(TINY_CONFIG)
+  reproduce.reproduce(str(root / "tiny.py"), **sweep_kwargs(root))
+  return root
+
+
+@pytest.fixture
+def recorded_copy(recorded, tmp_path):
+  """A copy of the finished sweep for a test to change."""
+  shutil.copytree(recorded, tmp_path / "sweep")
+  return tmp_path / "sweep"
+
+
+def workdir_of(root, name, seed):
+  """The workdir name of the run of entry ``name`` at ``seed``, found by its record."""
+  records = runs.read_records(str(root / "results" / "runs" / "tiny"))
+  (workdir,) = [w for w, r in records.items() if (r["name"], r["seed"]) == (name, seed)]
+  return workdir
+
+
+def read_record(root, workdir):
+  with open(root / "results" / "runs" / "tiny" / f"{workdir}.json") as f:
+    return json.load(f)
+
+
+def test_each_run_that_ends_leaves_its_record_beside_the_results(recorded):
+  workdirs = sorted(os.listdir(recorded / "runs"))
+  assert len(workdirs) == 4  # two entries at two seeds
+  assert sorted(os.listdir(recorded / "results" / "runs" / "tiny")) == [
+    f"{w}.json" for w in workdirs
+  ]
+  for workdir in workdirs:
+    record = read_record(recorded, workdir)
+    path = recorded / "runs" / workdir
+    assert record["workdir"] == workdir and record["seed"] == int(workdir[-1])
+    assert record["status"] == runs.read_status(str(path))
+    assert record["metrics"] == runs.read_metrics(str(path / "metrics.jsonl"))
+    with open(path / "data.json") as f:
+      assert record["data"] == json.load(f)
+    with open(path / "config.json") as f:
+      assert record["config"] == json.load(f)
+    state = runs.code_state()
+    assert (record["status"]["commit"], record["status"]["clean"]) == (state.commit, state.clean)
+    assert record["status"]["status"] == (
+      "diverged" if record["name"] == "SGD diverging" else "finished"
+    )
+  text = (recorded / "results" / "tiny.md").read_text()
+  assert f"- Run records: {recorded / 'results' / 'runs' / 'tiny'}/ (one JSON per run)" in text
+
+
+def without_times(text):
+  """A results file without the lines that say when it was written."""
+  return [line for line in text.splitlines() if not line.startswith(("- Started", "- Written"))]
+
+
+def test_records_alone_rewrite_the_results_file_and_its_plots(recorded_copy, caplog):
+  root = recorded_copy
+  spec = str(root / "tiny.py")
+  sgd1 = workdir_of(root, "SGD", 1)
+  exported = read_record(root, sgd1)
+  os.remove(root / "results" / "runs" / "tiny" / f"{sgd1}.json")
+  # A run done in its workdir but without a record (run before records were kept) gets one.
+  with caplog.at_level(logging.INFO):
+    written = reproduce.reproduce(spec, **sweep_kwargs(root), train_fn=Counting(allowed=0))
+  assert read_record(root, sgd1) == exported
+  record_path = root / "results" / "runs" / "tiny" / f"{sgd1}.json"
+  assert f"Record of SGD, seed 1: {record_path}" in [r.getMessage() for r in caplog.records]
+  from_workdirs = (root / "results" / "tiny.md").read_text()
+
+  shutil.rmtree(root / "runs")
+  for path in written:
+    os.remove(path)
+  # Every run has a record, so none trains; the file and plots come from the records.
+  assert reproduce.reproduce(spec, **sweep_kwargs(root), train_fn=Counting(allowed=0)) == written
+  assert all(os.path.getsize(path) > 0 for path in written)
+  assert without_times((root / "results" / "tiny.md").read_text()) == without_times(from_workdirs)
+  assert "| SGD | " in from_workdirs and "SGD diverging, seed 1: diverged" in from_workdirs
+
+
+def test_verify_reruns_the_first_recorded_runs_and_they_agree_bit_for_bit(recorded, capsys):
+  records = runs.read_records(str(recorded / "results" / "runs" / "tiny"))
+  found = reproduce.verify(
+    str(recorded / "tiny.py"),
+    cells=2,
+    data=runs.DataLocations({}, None),
+    results_dir=str(recorded / "results"),
+    allow_dirty=True,
+  )
+  assert [(run.name, run.seed, differ) for run, differ in found] == [
+    ("SGD", 0, []),
+    ("SGD", 1, []),
+  ]
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith(
+    "Rerunning 2 of the 4 recorded runs of tiny (the first in sweep order) at "
+  )
+  for line, (run, _) in zip(lines[1:], found, strict=True):
+    final = read_record(recorded, os.path.basename(run.workdir))["metrics"][-1]
+    value = json.dumps(final["validation_accuracy"])
+    assert line == (
+      f"SGD, seed {run.seed}: validation_accuracy recorded {value}, rerun {value}: AGREE"
+    )
+    assert not os.path.exists(run.workdir)  # a temporary workdir, removed
+  assert runs.read_records(str(recorded / "results" / "runs" / "tiny")) == records  # untouched
+
+
+def test_verify_says_which_rerun_differs_from_a_tampered_record_and_exits_1(recorded_copy):
+  root = recorded_copy
+  sgd0 = workdir_of(root, "SGD", 0)
+  record = read_record(root, sgd0)
+  true_value = record["metrics"][-1]["validation_accuracy"]
+  tampered = math.nextafter(true_value, 2.0)  # the last bit of one metric
+  record["metrics"][-1]["validation_accuracy"] = tampered
+  record["status"]["commit"] = "0" * 40
+  with open(root / "results" / "runs" / "tiny" / f"{sgd0}.json", "w") as f:
+    json.dump(record, f)
+  shutil.rmtree(root / "runs")  # a rerun needs no workdir of the sweep
+  out = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "experiments.reproduce",
+      f"--config={root / 'tiny.py'}",
+      f"--results_dir={root / 'results'}",
+      "--verify=1",
+      "--allow_dirty",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert out.returncode == 1, out.stderr
+  (line,) = [line for line in out.stdout.splitlines() if line.startswith("SGD, seed 0")]
+  recorded_at = "0000000 (clean)" if record["status"]["clean"] else "0000000 with uncommitted"
+  assert line.startswith(
+    f"SGD, seed 0: validation_accuracy recorded {json.dumps(tampered)}, rerun "
+    f"{json.dumps(true_value)}: DIFFER (validation_accuracy) (recorded at {recorded_at}"
+  )
+  assert out.stderr.strip().splitlines()[-1] == "1 of 1 rerun(s) DIFFER from their records"
+  assert read_record(root, sgd0) == record  # a rerun writes no record
+
+
+def test_the_command_line_reports_errors_in_one_line(tmp_path):
+  out = subprocess.run(
+    [sys.executable, "-m", "experiments.reproduce", "--config=configs/nope.py"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+  assert out.returncode == 1
+  assert out.stderr.strip().splitlines() == ["Invalid input: --config: no file 'configs/nope.py'"]
+
+
+def test_an_interrupted_sweep_says_how_to_go_on(monkeypatch, capsys):
+  monkeypatch.delenv(cli.TRACEBACK_ENV_VAR, raising=False)
+  monkeypatch.setattr(sys, "argv", ["reproduce.py", "--config=configs/table1.py:epochs=1"])
+
+  def interrupted():
+    raise KeyboardInterrupt
+
+  with pytest.raises(SystemExit) as exit_:
+    cli.report_errors(interrupted, interrupted=reproduce.interrupted_message)
+  assert exit_.value.code == 130
+  assert capsys.readouterr().err == (
+    "Interrupted: finished runs are kept and the interrupted one resumes from its last "
+    "checkpoint; the same command goes on: python -m experiments.reproduce "
+    "--config=configs/table1.py:epochs=1\n"
+  )
+
+
+# --- the results file's name -------------------------------------------------------------
+
+
+def committed_results() -> list[tuple[pathlib.Path, str]]:
+  """``(path, command)`` of every file in results/ that experiments.reproduce wrote."""
+  found = []
+  for path in sorted((ROOT / "results").rglob("*.md")):
+    command = results_lib.read_command(str(path))
+    if command and command.startswith("python -m experiments.reproduce "):
+      found.append((path, command))
+  return found
+
+
+@pytest.mark.parametrize(
+  "path,command",
+  committed_results(),
+  ids=[str(path.relative_to(ROOT)) for path, _ in committed_results()],
+)
+def test_committed_results_keep_their_names_when_rerun_with_their_commands(path, command):
+  values = dict(w[2:].split("=", 1) for w in shlex.split(command) if w.startswith("--"))
+  assert ROOT / values["results_dir"] == path.parent
+  config_path, arg = reproduce.split_spec(values["config"])
+  module = reproduce.load_config_module(str(ROOT / config_path))
+  stem = module.report(arg)["name"]
+  name = reproduce.results_stem(module, stem, arg, values.get("only", ""), str(path.parent))
+  assert name == path.stem
+  # Any other scale or selection gets a file of its own.
+  assert reproduce.results_stem(module, stem, "epochs=1,steps=40", "", str(path.parent)) == (
+    f"{stem}@epochs=1,steps=40"
+  )
+
+
+def test_a_reduced_or_partial_sweep_never_takes_another_selections_file(tmp_path):
+  module = reproduce.load_config_module(str(ROOT / "configs" / "table1.py"))
+
+  def name(arg, only=""):
+    return reproduce.results_stem(module, "table1", arg, only, str(tmp_path))
+
+  # No results yet: the bare name is the default argument's, with every entry.
+  assert name(None) == name("epochs=0,eval=-1") == "table1"
+  assert (
+    name("epochs=1,steps=40") == name("steps=40,eval=-1,epochs=1") == "table1@epochs=1,steps=40"
+  )
+  assert name("runlocal") == name("runlocal=true") == "table1@runlocal"
+  assert name(None, only="FC-MNIST") == "table1@only=FC-MNIST"
+  # A name that a file system or a markdown link would mangle is cleaned and hashed.
+  partial = name("epochs=1", only="FC-MNIST (RBD|SGD)")
+  assert partial.startswith("table1@epochs=1,only=FC-MNIST__RBD_SGD_~")
+  assert partial != name("epochs=1", only="FC-MNIST (RBD|FPD)")
+  assert len(name(",".join(f"{k}=7" for k in ("epochs", "steps", "eval", "nes_steps")))) < 100
+  # The committed Table 1 (a reduced scale): its own command keeps its name, and any other
+  # selection, the config's default argument included, writes another file.
+  shutil.copy(ROOT / "results" / "table1.md", tmp_path / "table1.md")
+  assert name("nes_steps=20,epochs=1,steps=400,eval=2000") == "table1"
+  assert name(None) == "table1@default"
+  assert name("epochs=1,steps=40") == "table1@epochs=1,steps=40"
+  assert name("epochs=1,steps=400,eval=2000,nes_steps=20", only="CNN") == (
+    "table1@epochs=1,steps=400,eval=2000,nes_steps=20,only=CNN"
+  )
+  # A file whose header names no command belongs to no selection.
+  (tmp_path / "table1.md").write_text("# Table 1\n")
+  assert name(None) == "table1@default"
 
 
 # --- the tuner ---------------------------------------------------------------------------
@@ -379,18 +682,17 @@ def test_tuner_writes_table4_and_the_lines_for_learning_rates(tmp_path):
   spec = f"{ROOT / 'configs' / 'table4.py'}:runlocal,pairs=fc-mnist,methods=sgd,lo=-3,hi=5,stride=3"
   kwargs = dict(
     seeds=[0],
-    data=reproduce.DataLocations({}, None),
+    data=runs.DataLocations({}, None),
     workdir_root=str(tmp_path / "runs"),
     results_dir=str(tmp_path / "results"),
+    allow_dirty=True,
   )
   calls = []
   written = reproduce.reproduce(spec, **kwargs, train_fn=fake_trainer(calls))
-  assert [os.path.basename(p) for p in written] == [
-    "table4_runlocal.md",
-    "table4_runlocal_tuning.png",
-  ]
+  name = "table4_runlocal@runlocal,pairs=fc-mnist,methods=sgd,lo=-3"  # hi=5,stride=3: defaults
+  assert [os.path.basename(p) for p in written] == [f"{name}.md", f"{name}_tuning.png"]
   assert len(calls) == 6  # coarse -3, 0, 3; then 2, 4 (diverges), 1
-  lines = (tmp_path / "results" / "table4_runlocal.md").read_text().splitlines()
+  lines = (tmp_path / "results" / f"{name}.md").read_text().splitlines()
   # Table 4's FC-MNIST SGD: 2^-8 per example, applied 2^-3.
   assert (
     "| FC | MNIST | SGD | -3 | 2 | +5 | 0.1600 | 50.00 | 25.00 | -3: 21.2, 0: 2.56, "
@@ -399,6 +701,12 @@ def test_tuner_writes_table4_and_the_lines_for_learning_rates(tmp_path):
   assert "    ('fc', 'mnist', 'sgd', None, None): 2,  # heldout_loss 0.16" in lines
   reproduce.reproduce(spec, **kwargs, train_fn=fake_trainer(calls))
   assert len(calls) == 6  # resumed search: every trial is done
+  # The refining trials have records too: without workdirs the same search and table.
+  shutil.rmtree(tmp_path / "runs")
+  reproduce.reproduce(spec, **kwargs, train_fn=fake_trainer(calls))
+  assert len(calls) == 6
+  text = (tmp_path / "results" / f"{name}.md").read_text()
+  assert without_times(text) == without_times("\n".join(lines))
 
 
 # --- the analyses (Fig. 2, Fig. B.8) -----------------------------------------------------
@@ -422,8 +730,8 @@ def test_quasi_orthogonality_matches_independent_isotropic_vectors():
 def test_landscape_is_the_loss_along_unit_directions_and_is_kept(tmp_path):
   module = reproduce.load_config_module(str(ROOT / "configs" / "fig2.py"))
   (entry,) = module.sweep("runlocal")
-  run = reproduce.make_run(
-    module, "runlocal", entry, 0, data=reproduce.DataLocations({}, None), workdir_root=str(tmp_path)
+  run = runs.make_run(
+    module, "runlocal", entry, 0, data=runs.DataLocations({}, None), workdir_root=str(tmp_path)
   )
   model = models.create_model("fc")
   params = models.init_variables(model, key=jax.random.key(3), input_shape=(28, 28, 1))["params"]
@@ -466,12 +774,12 @@ def test_landscape_is_the_loss_along_unit_directions_and_is_kept(tmp_path):
 
 def test_against_plot_draws_means_over_seeds_and_the_reference(tmp_path):
   def row(name, x, accuracies):
-    runs = []
+    found = []
     for seed, accuracy in enumerate(accuracies):
       write_run(tmp_path / f"{name}{seed}", accuracies=[(accuracy, accuracy)])
-      runs.append(results_lib.read_run(str(tmp_path / f"{name}{seed}"), seed))
+      found.append(runs.read_workdir(str(tmp_path / f"{name}{seed}"), seed))
     entry = {"name": name} if x is None else {"name": name, "label": "RBD", "x": x}
-    return results_lib.Row(entry, runs)
+    return results_lib.Row(entry, found)
 
   rows = [row("d10", 10, [0.5, 0.6]), row("d100", 100, [0.7]), row("SGD", None, [0.8])]
   spec = {

@@ -1,0 +1,257 @@
+"""Runs: the code they record (and the runner's refusal of a modified tree), records, and
+bit-identical reruns."""
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from experiments import reproduce, runs
+from random_bases import cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# --- the code a run runs from ------------------------------------------------------------
+
+
+def git(checkout, *args):
+  return subprocess.run(
+    ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args],
+    cwd=checkout,
+    capture_output=True,
+    text=True,
+    check=True,
+  ).stdout.strip()
+
+
+@pytest.fixture
+def checkout(tmp_path):
+  """A git checkout laid out as this repository, one commit, clean."""
+  root = tmp_path / "checkout"
+  files = {
+    "random_bases/train.py": "",
+    "configs/tiny.py": "",
+    "experiments/runs.py": "",
+    "results/tiny.md": "# Tiny\n",
+    "README.md": "",
+    ".gitignore": "*.pyc\n",
+  }
+  for name, text in files.items():
+    (root / name).parent.mkdir(parents=True, exist_ok=True)
+    (root / name).write_text(text)
+  git(root, "init", "-q")
+  git(root, "add", ".")
+  git(root, "commit", "-q", "-m", "one commit")
+  return root
+
+
+def test_code_state_names_the_files_that_differ_from_the_commit(checkout):
+  head = git(checkout, "rev-parse", "HEAD")
+  assert runs.git_state(str(checkout)) == runs.CodeState(head, ())
+  assert runs.git_state(str(checkout)).clean is True
+  # What the runner writes, and untracked files outside the code's folders, change no run.
+  (checkout / "results" / "tiny.md").write_text("# Tiny, rewritten\n")
+  (checkout / "results" / "runs" / "tiny").mkdir(parents=True)
+  (checkout / "results" / "runs" / "tiny" / "run.json").write_text("{}")
+  (checkout / "notes.txt").write_text("")
+  (checkout / "experiments" / "runs.pyc").write_text("")  # ignored
+  assert runs.git_state(str(checkout)).clean is True
+  # A changed tracked file, untracked code, a staged rename (its old path not counted twice).
+  (checkout / "README.md").write_text("changed\n")
+  (checkout / "configs" / "new.py").write_text("")
+  git(checkout, "mv", "random_bases/train.py", "random_bases/trainer.py")
+  state = runs.git_state(str(checkout))
+  assert state == runs.CodeState(head, ("README.md", "configs/new.py", "random_bases/trainer.py"))
+  assert state.status() == {
+    "commit": head,
+    "clean": False,
+    "changed": ["README.md", "configs/new.py", "random_bases/trainer.py"],
+  }
+  assert state.describe() == (
+    f"{head[:7]} with uncommitted changes (run with --allow_dirty): README.md, configs/new.py, "
+    "random_bases/trainer.py"
+  )
+
+
+def test_outside_a_git_checkout_there_is_no_commit(checkout, tmp_path):
+  (tmp_path / "copy").mkdir()
+  for folder in (tmp_path / "copy", checkout / "configs"):  # no checkout; not its top
+    state = runs.git_state(str(folder))
+    assert state == runs.CodeState(None) and state.clean is None
+    assert state.status() == {"commit": None, "clean": None}
+    assert state.describe() == "not a git checkout (commit unknown)"
+
+
+MINI_CONFIG = textwrap.dedent("""\
+    from random_bases import config_lib
+
+    def get_config(arg=None):
+      config = config_lib.base_config()
+      config.data.source, config.method = "sample", "sgd"
+      return config
+
+    def sweep(arg=None):
+      return [{"name": "SGD"}]
+
+    def report(arg=None):
+      return {"name": "mini", "title": "Mini", "scale": "none",
+              "columns": [{"metric": "validation_accuracy", "label": "val %", "percent": True}]}
+    """)
+
+
+def fake_trainer(config, workdir):
+  """One epoch's metrics without training."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"epoch": 1, "validation_accuracy": 0.5}) + "\n")
+  return {"state": None, "history": [], "stopped": None}
+
+
+@pytest.fixture
+def repository(monkeypatch):
+  """Points the runner at another checkout: ``repository(path)``."""
+
+  def point_at(path):
+    monkeypatch.setattr(runs, "REPOSITORY", str(path))
+    runs.code_state.cache_clear()
+
+  yield point_at
+  runs.code_state.cache_clear()  # the next test asks about this checkout again
+
+
+def mini_sweep(tmp_path, **kwargs):
+  (tmp_path / "mini.py").write_text(MINI_CONFIG)
+  return reproduce.reproduce(
+    str(tmp_path / "mini.py"),
+    seeds=[0],
+    data=runs.DataLocations({}, None),
+    workdir_root=str(tmp_path / "workdirs"),
+    results_dir=str(tmp_path / "results"),
+    train_fn=fake_trainer,
+    **kwargs,
+  )
+
+
+def test_the_runner_refuses_a_modified_tree_unless_allowed_and_then_says_so(
+  checkout, repository, tmp_path
+):
+  repository(checkout)
+  head = git(checkout, "rev-parse", "HEAD")
+  (checkout / "configs" / "tiny.py").write_text("changed = True\n")
+  (checkout / "experiments" / "new.py").write_text("")
+
+  def refused():
+    return pytest.raises(ValueError, match=r"--allow_dirty")
+
+  with refused() as error:
+    mini_sweep(tmp_path)
+  message = cli.user_error_message(error.value)
+  assert message == (
+    f"Invalid input: the working tree differs from commit {head[:7]}: configs/tiny.py, "
+    "experiments/new.py; commit (or remove) them so that runs record the code they ran from, "
+    "or pass --allow_dirty (the results file and run records then say so)"
+  )
+  assert not (tmp_path / "workdirs").exists() and not (tmp_path / "results").exists()
+
+  mini_sweep(tmp_path, allow_dirty=True)
+  text = (tmp_path / "results" / "mini.md").read_text()
+  assert (
+    f"- Code now: {head[:7]} with uncommitted changes (run with --allow_dirty): "
+    "configs/tiny.py, experiments/new.py"
+  ) in text
+  assert f"- Code of the runs: {head[:7]} with uncommitted changes (1 run)" in text
+  (workdir,) = os.listdir(tmp_path / "workdirs")
+  with open(tmp_path / "results" / "runs" / "mini" / f"{workdir}.json") as f:
+    record = json.load(f)
+  assert record["status"] == runs.read_status(str(tmp_path / "workdirs" / workdir))
+  assert {k: record["status"][k] for k in ("commit", "clean", "changed")} == {
+    "commit": head,
+    "clean": False,
+    "changed": ["configs/tiny.py", "experiments/new.py"],
+  }
+  with refused():  # --verify too, before it reruns anything
+    reproduce.verify(
+      str(tmp_path / "mini.py"),
+      cells=1,
+      data=runs.DataLocations({}, None),
+      results_dir=str(tmp_path / "results"),
+      train_fn=lambda *_: pytest.fail("reran"),
+    )
+
+
+def test_outside_a_checkout_the_runner_runs_and_records_no_commit(repository, tmp_path):
+  (tmp_path / "installed").mkdir()
+  repository(tmp_path / "installed")
+  mini_sweep(tmp_path)
+  text = (tmp_path / "results" / "mini.md").read_text()
+  assert "- Code now: not a git checkout (commit unknown)" in text
+  assert "- Code of the runs: not a git checkout (commit unknown) (1 run)" in text
+  (workdir,) = os.listdir(tmp_path / "workdirs")
+  status = runs.read_status(str(tmp_path / "workdirs" / workdir))
+  assert (status["commit"], status["clean"]) == (None, None) and "changed" not in status
+
+
+# --- comparing a rerun with its record ------------------------------------------------------
+
+
+def test_a_rerun_agrees_only_if_every_metric_is_the_same_float():
+  def record(metrics, status="finished", fingerprint="abc"):
+    return {"status": {"status": status}, "data": {"fingerprint": fingerprint}, "metrics": metrics}
+
+  line = {"epoch": 1, "validation_accuracy": 0.5, "train_seconds": 3.0, "images_per_second": 9.0}
+  recorded = record([line, {**line, "epoch": 2}])
+  timings = {"train_seconds": 4.0, "images_per_second": 8.0}
+  assert runs.disagreements(recorded, record([{**line, **timings}, {**line, "epoch": 2}])) == []
+  last_bit = {**line, "epoch": 2, "validation_accuracy": math.nextafter(0.5, 1.0)}
+  assert runs.disagreements(recorded, record([line, last_bit])) == ["validation_accuracy"]
+  non_finite = {**line, "epoch": 2, "validation_accuracy": None, "non_finite": ["x"]}
+  assert runs.disagreements(recorded, record([line, non_finite])) == [
+    "non_finite",
+    "validation_accuracy",
+  ]
+  assert runs.disagreements(recorded, record([], status="diverged")) == ["status", "epochs"]
+  assert runs.disagreements(recorded, record(recorded["metrics"], fingerprint="x")) == ["data"]
+
+
+# --- the same run in two processes ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_run_is_bit_identical_in_two_fresh_processes(tmp_path):
+  records = []
+  for name in ("first", "second"):
+    subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "random_bases.main",
+        "--config=configs/default.py:runlocal",
+        f"--workdir={tmp_path / name}",
+        "--config.train.epochs=2",
+        "--config.train.steps_per_epoch=4",
+        "--config.train.log_every_steps=2",
+        "--config.train.eval_examples=200",
+      ],
+      cwd=ROOT,
+      check=True,
+      capture_output=True,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"),
+    )
+    with open(tmp_path / name / "data.json") as f:
+      data = json.load(f)
+    metrics = runs.read_metrics(str(tmp_path / name / "metrics.jsonl"))
+    records.append({"status": {"status": "finished"}, "data": data, "metrics": metrics})
+  first, second = records
+  assert [m["epoch"] for m in first["metrics"]] == [1, 2]
+  assert runs.disagreements(first, second) == []
+  untimed = [
+    json.dumps({k: v for k, v in m.items() if not runs.is_timing(k)}) for m in first["metrics"]
+  ]
+  assert untimed == [
+    json.dumps({k: v for k, v in m.items() if not runs.is_timing(k)}) for m in second["metrics"]
+  ]
