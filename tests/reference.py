@@ -18,7 +18,9 @@ import pytest
 
 
 def row_key(seed, step, worker, compartment, row):
-  key = jax.random.key(seed)
+  """``seed``: an int, or a typed key (the trainer's ``fold_in(key(seed), phase)``)."""
+  typed_key = isinstance(seed, jax.Array) and jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
+  key = seed if typed_key else jax.random.key(seed)
   for value in (step, worker, compartment, row):
     key = jax.random.fold_in(key, value)
   return key
@@ -218,3 +220,110 @@ def assert_one_and_eight_devices_agree(*, steps: int, extra_rbd_kwargs: str = ""
   script = textwrap.dedent(EIGHT_DEVICE_SCRIPT).format(extra=extra_rbd_kwargs, steps=steps)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
   subprocess.run([sys.executable, "-c", script], check=True, env=env, cwd=ROOT)
+
+
+# --- tiny trainer runs, shared by the test files ------------------------------
+
+# The tiny run every trainer test starts from: FC on the MNIST sample shipped
+# with the package (1,600 training images after a 400-image holdout), RBD with
+# d = 50, one epoch of 30 steps logged every 15, 300 images per eval split.
+TINY_RUN = {
+  "data.source": "sample",
+  "data.holdout_size": 400,
+  "bases.d": 50,
+  "learning_rate.rbd": 16.0,
+  "learning_rate.fpd": 16.0,
+  "learning_rate.sgd": 0.1,
+  "learning_rate.nes": 2.0**-10,
+  "train.epochs": 1,
+  "train.steps_per_epoch": 30,
+  "train.log_every_steps": 15,
+  "train.eval_examples": 300,
+}
+
+
+def tiny_config(method="rbd", **overrides):
+  """``base_config()`` with ``TINY_RUN``, ``method`` and dotted-field ``overrides``.
+
+  Overrides use the config's own names: ``tiny_config("sgd", workers=2,
+  **{"bases.d": 10})``.
+  """
+  from random_bases import config_lib
+
+  config = config_lib.base_config()
+  config.method = method
+  config_lib.set_fields(config, {**TINY_RUN, **overrides})
+  return config
+
+
+def sample_data():
+  """The MNIST sample of ``TINY_RUN`` (400 images held out), as the trainer loads it."""
+  from random_bases import data as data_lib
+
+  return data_lib.load_dataset("mnist", source="sample", holdout_size=400)
+
+
+def one_device_mesh():
+  """A ``workers`` mesh of this process's first device: K workers vmapped on it."""
+  from jax.sharding import Mesh
+
+  from random_bases import distributed
+
+  return Mesh(np.array(jax.devices()[:1]), (distributed.WORKER_AXIS,))
+
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+def run_in_fresh_process(script, *args, devices=None, check=True):
+  """Runs the Python source ``script`` with ``args`` in a new process, on CPU.
+
+  It runs in the repository root with this folder on ``PYTHONPATH``, so the
+  script imports ``reference`` (never another test module: importing one runs
+  its module-level code and ties the files together). ``devices``: the number
+  of XLA CPU devices, fixed when jax starts. Returns the
+  ``subprocess.CompletedProcess`` (text output); with ``check``, a non-zero
+  exit fails the test with the end of its stderr.
+  """
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (TESTS, env.get("PYTHONPATH", "")) if p)
+  if devices is not None:
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  done = subprocess.run(
+    [sys.executable, "-c", script, *map(str, args)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+  )
+  if check and done.returncode != 0:
+    pytest.fail(f"the script exited with {done.returncode}:\n{done.stderr[-5000:]}")
+  return done
+
+
+def nes_estimate(loss_at, theta, key, d, sigma, *, antithetic=False, fitness="centered_ranks"):
+  """PAPER.md's NES estimate g = 1/(sigma d) sum_n f_n phi_n, written out in float64.
+
+  ``loss_at``: flat parameters (float64 numpy) -> the loss; ``theta``: the flat
+  parameters; phi_n = ``jax.random.normal(fold_in(key, n))`` (the threefry
+  generator's perturbations), d/2 of them and their mirrors when
+  ``antithetic``. ``fitness``: ``"raw"`` (f_n = loss) or ``"centered_ranks"``
+  (the losses sorted worst first, the n-th gets u = n/(d - 1) - 0.5, f = -u).
+  """
+  count = d // 2 if antithetic else d
+  phi = np.stack(
+    [
+      np.asarray(jax.random.normal(jax.random.fold_in(key, n), (theta.size,)), np.float64)
+      for n in range(count)
+    ]
+  )
+  if antithetic:
+    phi = np.concatenate([phi, -phi])
+  losses = np.array([loss_at(theta + sigma * p) for p in phi])
+  if fitness == "raw":
+    f = losses
+  else:
+    ranks = np.empty(d)
+    ranks[np.argsort(-losses, kind="stable")] = np.arange(d)
+    f = -(ranks / (d - 1) - 0.5)
+  return (f[:, None] * phi).sum(0) / (sigma * d)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import math
+import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 
 from random_bases import models
+from random_bases.method import compartments as comp_lib
 
 MNIST_SHAPE = (28, 28, 1)
 CIFAR_SHAPE = (32, 32, 3)
@@ -21,40 +25,172 @@ def resnet8_vars():
   return model, models.init_variables(model, key=jax.random.key(0), input_shape=CIFAR_SHAPE)
 
 
-# D values from PAPER.md; they must match exactly because d/D ratios and compartment sizes
-# in the experiments are derived from them.
-@pytest.mark.parametrize(
-  "name, input_shape, expected",
-  [
-    ("fc", MNIST_SHAPE, 101_770),
-    ("fc", CIFAR_SHAPE, 394_634),
-    ("cnn", MNIST_SHAPE, 93_322),
-    ("cnn", CIFAR_SHAPE, 122_570),
-    ("resnet8", CIFAR_SHAPE, 78_330),
-    ("resnet32", CIFAR_SHAPE, 467_194),
-  ],
-)
-def test_exact_trainable_param_counts(name, input_shape, expected):
+# D of each model and input, PAPER.md "Models"; test_paper_d_is_papers_table reads
+# them back from PAPER.md. They must match exactly because d/D ratios and
+# compartment sizes in the experiments are derived from them.
+PAPER_D = {
+  ("fc", MNIST_SHAPE): 101_770,
+  ("fc", CIFAR_SHAPE): 394_634,
+  ("cnn", MNIST_SHAPE): 93_322,
+  ("cnn", CIFAR_SHAPE): 122_570,
+  ("resnet8", CIFAR_SHAPE): 78_330,
+  ("resnet32", CIFAR_SHAPE): 467_194,
+}
+# PAPER.md Table 3: per-tensor compartments of ResNet-8 with compression c ->
+# total d (the row labelled 75x is c = 100).
+PAPER_TABLE3_D = {10: 7_982, 25: 3_328, 50: 1_782, 100: 1_018}
+
+
+def paper_md():
+  """The shared spec beside this checkout (../shared/PAPER.md), as text."""
+  path = pathlib.Path(reference.ROOT).parent / "shared" / "PAPER.md"
+  return reference.require_data(path, "PAPER.md, the shared spec").read_text()
+
+
+def test_paper_d_is_papers_table():
+  rows = {}
+  for line in paper_md().splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) == 4 and cells[0] in ("FC", "CNN", "ResNet-8", "ResNet-32"):
+      name = cells[0].lower().replace("-", "")
+      for shape, cell in ((MNIST_SHAPE, cells[2]), (CIFAR_SHAPE, cells[3])):
+        if cell.replace(",", "").isdigit():
+          rows[name, shape] = int(cell.replace(",", ""))
+  assert rows == PAPER_D
+  table3 = dict(re.findall(r"^\| RBD (\d+)× \| ([\d,]+) \|", paper_md(), re.MULTILINE))
+  assert "the row labelled 75× (1,018) is c = 100" in paper_md()
+  by_c = {100 if k == "75" else int(k): int(v.replace(",", "")) for k, v in table3.items()}
+  assert by_c == PAPER_TABLE3_D
+
+
+@pytest.mark.parametrize("name, input_shape", list(PAPER_D))
+def test_exact_trainable_param_counts(name, input_shape):
   model = models.create_model(name)
   # eval_shape: counts depend only on shapes, and skipping the real init keeps this fast.
   variables = jax.eval_shape(
     lambda k: models.init_variables(model, key=k, input_shape=input_shape),
     jax.random.key(0),
   )
-  assert models.count_params(variables["params"]) == expected
+  assert models.count_params(variables["params"]) == PAPER_D[name, input_shape]
+
+
+# --- the forward pass against a float64 numpy re-implementation of PAPER.md's layers ---
+
+
+def np_conv(x, kernel, stride=1, padding="VALID"):
+  """NHWC x HWIO convolution; SAME pads max((out - 1) s + k - in, 0), the odd one at the end."""
+  kh, kw = kernel.shape[:2]
+  if padding == "SAME":
+    pads = []
+    for size, k in ((x.shape[1], kh), (x.shape[2], kw)):
+      total = max((-(-size // stride) - 1) * stride + k - size, 0)
+      pads.append((total // 2, total - total // 2))
+    x = np.pad(x, ((0, 0), *pads, (0, 0)))
+  windows = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(1, 2))
+  windows = windows[:, ::stride, ::stride]  # [n, h, w, c, kh, kw]
+  return np.einsum("nhwcij,ijco->nhwo", windows, kernel)
+
+
+def np_max_pool(x):
+  """2 x 2 windows, stride 2, VALID."""
+  n, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def np_relu(x):
+  return np.maximum(x, 0.0)
+
+
+def np_dense(x, p):
+  return x @ p["kernel"] + p["bias"]
+
+
+def np_batch_norm(x, p, stats, train):
+  """Batch statistics (biased variance) in train mode, the running ones in eval mode."""
+  if train:
+    mean, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+  else:
+    mean, var = stats["mean"], stats["var"]
+  return (x - mean) / np.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+
+
+def np_forward(name, variables, x, train=False):
+  """Logits of model ``name`` (PAPER.md "Models") from its variables, in float64."""
+  as64 = lambda tree: jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+  p, stats, x = as64(variables["params"]), as64(variables.get("batch_stats", {})), as64(x)
+  if name == "fc":  # Flatten -> Dense(128, relu) -> Dense
+    return np_dense(np_relu(np_dense(x.reshape(len(x), -1), p["Dense_0"])), p["Dense_1"])
+  if name == "cnn":  # conv 32 -> pool -> conv 64 -> pool -> conv 64 -> dense 64 -> dense
+    for i in range(3):
+      x = np_relu(np_conv(x, p[f"Conv_{i}"]["kernel"]) + p[f"Conv_{i}"]["bias"])
+      x = np_max_pool(x) if i < 2 else x
+    return np_dense(np_relu(np_dense(x.reshape(len(x), -1), p["Dense_0"])), p["Dense_1"])
+  bn = lambda y, q, s: np_batch_norm(y, q, s, train)
+  x = np_relu(bn(np_conv(x, p["stem_conv"]["kernel"], 1, "SAME"), p["stem_bn"], stats["stem_bn"]))
+  blocks = {"resnet8": 1, "resnet32": 5}[name]
+  for stage, stride in ((1, 1), (2, 2), (3, 2)):
+    for b in range(1, blocks + 1):
+      q, s = p[f"stage{stage}_block{b}"], stats[f"stage{stage}_block{b}"]
+      step = stride if b == 1 else 1
+      y = np_relu(bn(np_conv(x, q["conv1"]["kernel"], step, "SAME"), q["bn1"], s["bn1"]))
+      y = bn(np_conv(y, q["conv2"]["kernel"], 1, "SAME"), q["bn2"], s["bn2"])
+      if b == 1:  # every stage opens with a 1x1 projection + BN shortcut
+        x = bn(np_conv(x, q["proj_conv"]["kernel"], step, "SAME"), q["proj_bn"], s["proj_bn"])
+      x = np_relu(y + x)
+  return np_dense(x.mean(axis=(1, 2)), p["head"])
+
+
+def random_variables(model, shape, seed):
+  """Variables of ``model``'s shapes (init's, via eval_shape) with random values.
+
+  Kernels ~ N(0, 1/fan_in); biases, BN scales and offsets and running means
+  random around their initial values, running variances in [0.5, 2], so that
+  every term of every layer shows in the logits.
+  """
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(
+    lambda k: models.init_variables(model, key=k, input_shape=shape), jax.random.key(0)
+  )
+
+  def draw(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if name.endswith("['kernel']"):
+      value = rng.standard_normal(leaf.shape) / np.sqrt(np.prod(leaf.shape[:-1]))
+    elif name.endswith("['var']"):
+      value = rng.uniform(0.5, 2.0, leaf.shape)
+    elif name.endswith("['scale']"):
+      value = 1.0 + 0.3 * rng.standard_normal(leaf.shape)
+    else:  # biases, BN offsets and running means
+      value = 0.3 * rng.standard_normal(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 @pytest.mark.parametrize("name", models.MODEL_NAMES)
 @pytest.mark.parametrize("num_classes", [10, 7])
-def test_output_shape(name, num_classes):
+def test_forward_pass_equals_a_numpy_reimplementation(name, num_classes):
   model = models.create_model(name, num_classes=num_classes)
   shape = MNIST_SHAPE if name in ("fc", "cnn") else CIFAR_SHAPE
-  variables = models.init_variables(model, key=jax.random.key(1), input_shape=shape)
+  variables = random_variables(model, shape, 5)
   x = jax.random.uniform(jax.random.key(2), (3, *shape), jnp.float32)
   logits = model.apply(variables, x, train=False)
-  assert logits.shape == (3, num_classes)
-  assert logits.dtype == jnp.float32
-  assert bool(jnp.all(jnp.isfinite(logits)))
+  assert (logits.shape, logits.dtype) == ((3, num_classes), jnp.float32)
+  want = np_forward(name, variables, x)
+  np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet32"])
+def test_train_mode_normalises_with_the_batch_statistics(name):
+  model = models.create_model(name)
+  variables = random_variables(model, CIFAR_SHAPE, 6)
+  x = jax.random.normal(jax.random.key(3), (4, *CIFAR_SHAPE)) + 0.5
+  logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  want = np_forward(name, variables, x, train=True)
+  np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+  # The running statistics are not used: eval mode gives other logits.
+  assert np.abs(np.asarray(model.apply(variables, x, train=False)) - want).max() > 1e-2
 
 
 def test_collections_per_model():
@@ -164,19 +300,24 @@ def _flat_tensors(params):
 def test_resnet8_tensor_list(resnet8_vars):
   _, variables = resnet8_vars
   assert _flat_tensors(variables["params"]) == RESNET8_TENSORS
-  assert len(RESNET8_TENSORS) == 32
-  assert sum(n for _, n in RESNET8_TENSORS) == 78_330
+  assert models.count_params(variables["params"]) == PAPER_D["resnet8", CIFAR_SHAPE]
 
 
-@pytest.mark.parametrize("c, expected_d", [(10, 7_982), (25, 3_328), (50, 1_782), (100, 1_018)])
-def test_resnet8_tensor_list_reproduces_table3_dims(c, expected_d):
-  # PAPER.md: one compartment per trainable tensor, d_v = max(ceil(n_v / c), 10) rounded up
-  # to even, gives Table 3's d exactly; this pins the tensor list to the paper's layout.
-  total = 0
-  for _, n in RESNET8_TENSORS:
-    d = max(math.ceil(n / c), 10)
-    total += d + d % 2
-  assert total == expected_d
+@pytest.mark.parametrize("c", sorted(PAPER_TABLE3_D))
+def test_resnet8_per_tensor_compartments_give_table3_dims(resnet8_vars, c):
+  # PAPER.md: one compartment per trainable tensor of the model, d_v =
+  # max(ceil(n_v / c), 10) rounded up to even, gives Table 3's d exactly.
+  _, variables = resnet8_vars
+  sizes = [int(np.size(leaf)) for leaf in jax.tree.leaves(variables["params"])]
+  by_rule = [max(math.ceil(n / c), 10) for n in sizes]
+  assert sum(k + k % 2 for k in by_rule) == PAPER_TABLE3_D[c]
+  # The library's allocation does the same.
+  layout = comp_lib.make_layout(
+    variables["params"], d=c, compartments="leaf", allocation="compression"
+  )
+  assert len(layout.compartments) == 32
+  assert [comp.dim for comp in layout.compartments] == [k + k % 2 for k in by_rule]
+  assert layout.dim == PAPER_TABLE3_D[c]
 
 
 def test_resnet32_structure():

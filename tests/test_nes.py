@@ -17,15 +17,6 @@ def loss_fn(params):
   return jnp.sum(jnp.sin(params["a"]) ** 2) + jnp.sum((params["b"] - 1.0) ** 2)
 
 
-def perturbations(key, count, size):
-  return np.stack(
-    [
-      np.asarray(jax.random.normal(jax.random.fold_in(key, n), (size,)), np.float64)
-      for n in range(count)
-    ]
-  )
-
-
 def loss_at(flat):
   return float(
     loss_fn(
@@ -38,7 +29,11 @@ def loss_at(flat):
 
 
 @pytest.mark.parametrize("fitness", rb.FITNESS)
-def test_matches_the_explicit_estimator(fitness):
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_matches_the_explicit_estimator(fitness, antithetic):
+  # tests/reference.py writes PAPER.md's estimator out: d perturbations
+  # phi_n = normal(fold_in(key, n)) (with antithetic, d/2 and their mirrors),
+  # the losses shaped by `fitness`, g = sum f_n phi_n / (sigma d).
   key, d, sigma = jax.random.key(3), 10, 0.05
   got = reference.flat(
     rb.nes_gradient(
@@ -47,37 +42,33 @@ def test_matches_the_explicit_estimator(fitness):
       key=key,
       d=d,
       sigma=sigma,
+      antithetic=antithetic,
       fitness=fitness,
       block_rows=3,
       generator="threefry",
     )
   )
-  theta = reference.flat(make_params())
-  phi = perturbations(key, d, theta.size)
-  losses = np.array([loss_at(theta + sigma * p) for p in phi])
-  if fitness == "raw":
-    f = losses
-  else:  # worst (highest loss) first gets u = -0.5, best +0.5; f = -u
-    ranks = np.empty(d)
-    ranks[np.argsort(-losses)] = np.arange(d)
-    f = -(ranks / (d - 1) - 0.5)
-  np.testing.assert_allclose(got, (f[:, None] * phi).sum(0) / (sigma * d), rtol=1e-4, atol=1e-4)
+  want = reference.nes_estimate(
+    loss_at, reference.flat(make_params()), key, d, sigma, antithetic=antithetic, fitness=fitness
+  )
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
-def test_antithetic_pairs_are_mirrored():
-  key, d, sigma = jax.random.key(4), 8, 0.1
+def test_antithetic_raw_fitness_cancels_the_loss_and_its_curvature():
+  # f(theta + s phi) - f(theta - s phi) = 2 s <g, phi> + O(s^3): with mirrored
+  # pairs the raw estimate is (2/d) sum <g, phi_n> phi_n over the d/2
+  # directions, with no term in the loss itself or its second derivative.
+  key, d, sigma = jax.random.key(4), 8, 1e-3
   got = reference.flat(
     rb.nes_gradient(
       loss_fn, make_params(), key=key, d=d, sigma=sigma, antithetic=True, generator="threefry"
     )
   )
-  theta = reference.flat(make_params())
-  half = perturbations(key, d // 2, theta.size)
-  phi = np.concatenate([half, -half])  # +phi and its mirror -phi
-  losses = np.array([loss_at(theta + sigma * p) for p in phi])
-  np.testing.assert_allclose(
-    got, (losses[:, None] * phi).sum(0) / (sigma * d), rtol=1e-4, atol=1e-4
+  grad = reference.flat(jax.grad(loss_fn)(make_params()))
+  phi = np.stack(
+    [np.asarray(jax.random.normal(jax.random.fold_in(key, n), (8,)), np.float64) for n in range(4)]
   )
+  np.testing.assert_allclose(got, (2 / d) * (phi @ grad) @ phi, rtol=1e-2, atol=2e-3)
 
 
 def test_centered_ranks_best_gets_plus_half():

@@ -1,6 +1,7 @@
 """The trainer end to end on tiny configs (the shipped MNIST sample)."""
 
 import json
+import math
 import os
 import pathlib
 import pickle
@@ -9,36 +10,23 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
+from jax.flatten_util import ravel_pytree
+from reference import tiny_config  # test_workdir.py imports it from here too
 
-from random_bases import config_lib, train
+from random_bases import config_lib, models, train
 from random_bases import data as data_lib
+from random_bases.data import preprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def tiny_config(method="rbd", **overrides):
-  config = config_lib.base_config()
-  config.method = method
-  config.data.source = "sample"
-  config.data.holdout_size = 400
-  config.bases.d = 50
-  config.learning_rate.rbd = 16.0
-  config.learning_rate.fpd = 16.0
-  config.learning_rate.sgd = 0.1
-  config.learning_rate.nes = 2.0**-10
-  config.train.epochs = 1
-  config.train.steps_per_epoch = 30
-  config.train.log_every_steps = 15
-  config.train.eval_examples = 300
-  config_lib.set_fields(config, overrides)
-  return config
+FC_PARAMETERS = 101_770  # PAPER.md, "Models": FC on 28x28x1
 
 
 def initial_test_loss(config):
-  data = data_lib.load_dataset("mnist", source="sample", holdout_size=400)
-  trainer = train.Trainer(config, data)
+  trainer = train.Trainer(config, reference.sample_data())
   return trainer.evaluate(trainer.initial_state())["test_loss"]
 
 
@@ -109,38 +97,84 @@ def test_hybrid_phases_switch_methods(tmp_path):
   assert history[1]["test_loss"] < history[0]["test_loss"]
 
 
-def test_gradient_correlation_metric(tmp_path):
-  sgd = train.train_and_evaluate(
-    tiny_config("sgd", **{"metrics.gradient_correlation": True, "train.checkpoint": False}),
-    str(tmp_path / "sgd"),
-  )["history"][0]
+def expected_projection_cosine(d, dim):
+  """E cos(g, P P^T g) for d random unit directions in R^dim: sqrt(d/D) / sqrt(1 + d/D).
+
+  With c_i = <g, phi_i>: E sum c_i^2 = d |g|^2 / D and E |P P^T g|^2 =
+  d |g|^2 / D (1 + (d - 1) / D), whatever g is.
+  """
+  q = d / dim
+  return math.sqrt(q) / math.sqrt(1 + q)
+
+
+def expected_nes_cosine(d, dim):
+  """cos(g, NES estimate) with centred-rank fitness over d perturbations N(0, I_D).
+
+  With phi_n = a_n g/|g| + psi_n (a_n ~ N(0, 1), psi_n nearly orthogonal, of
+  length sqrt(D)) and to first order in sigma the ranks those of a_n, the
+  estimate is sum_n w_n phi_n with w the centred ranks of a: its cosine with
+  g is S / sqrt(S^2 + D sum w^2), S = E sum w_n a_n = sum_i w_i m_i, m_i the
+  expected normal order statistics (Blom's approximation). For d = 20 S is
+  0.928 sqrt(d sum w^2): 93 % of RBD's cosine with d directions.
+  """
+  from statistics import NormalDist
+
+  w = [i / (d - 1) - 0.5 for i in range(d)]
+  m = [NormalDist().inv_cdf((i + 1 - 0.375) / (d + 0.25)) for i in range(d)]
+  s = sum(a * b for a, b in zip(w, m))
+  return s / math.sqrt(s * s + dim * sum(x * x for x in w))
+
+
+def correlation_run(method, tmp_path, **overrides):
+  config = tiny_config(
+    method, **{"metrics.gradient_correlation": True, "train.checkpoint": False, **overrides}
+  )
+  return train.train_and_evaluate(config, str(tmp_path))["history"][0]
+
+
+def test_gradient_correlation_of_sgd_is_one(tmp_path):
+  sgd = correlation_run("sgd", tmp_path)
   # SGD's update is the gradient itself.
   assert sgd["correlation_whole"] == pytest.approx(1.0, abs=1e-5)
   assert sgd["correlation_min"] == pytest.approx(1.0, abs=1e-4)
-  rbd = train.train_and_evaluate(
-    tiny_config("rbd", **{"metrics.gradient_correlation": True, "train.checkpoint": False}),
-    str(tmp_path / "rbd"),
-  )["history"][0]
-  # A d-dimensional random projection keeps about sqrt(d / D) of the direction.
-  assert 0.5 * np.sqrt(50 / 101_770) < rbd["correlation_whole"] < 3 * np.sqrt(50 / 101_770)
+  assert sgd["correlation_std"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_gradient_correlation_of_rbd_is_the_projection_cosine(tmp_path):
+  rbd = correlation_run("rbd", tmp_path)  # d = 50, the mean over 30 steps
+  expected = expected_projection_cosine(50, FC_PARAMETERS)  # 0.02216
+  # Over seeds 0-7 this run's mean cosine was 0.02193 +- 0.00035 (1.6 %),
+  # 1 % below the formula (the mean of a ratio). +-6 % is 4 std; d = 25 or
+  # 100 would give 0.0157 or 0.0313.
+  assert rbd["correlation_whole"] == pytest.approx(expected, rel=0.06)
   assert -1 <= rbd["correlation_min"] <= rbd["correlation_mean"] <= rbd["correlation_max"] <= 1
   assert rbd["correlation_std"] > 0
+
+
+NES_CORRELATION_RUN = {"bases.d": 20, "train.steps_per_epoch": 16, "train.log_every_steps": 4}
+
+
+def test_gradient_correlation_of_nes_has_its_known_scale(tmp_path):
   # NES needs no backward pass for its update; the metric computes one.
-  nes = train.train_and_evaluate(
-    tiny_config(
-      "nes",
-      **{
-        "metrics.gradient_correlation": True,
-        "train.checkpoint": False,
-        "bases.d": 20,
-        "train.steps_per_epoch": 4,
-        "train.log_every_steps": 4,
-      },
-    ),
-    str(tmp_path / "nes"),
-  )["history"][0]
+  nes = correlation_run("nes", tmp_path, **NES_CORRELATION_RUN)
+  expected = expected_nes_cosine(20, FC_PARAMETERS)  # 0.01301
+  # Over seeds 0-7 the mean over 16 steps was 0.01269 +- 0.00048 (3.7 %).
+  # +-15 % is 4 std; 10 or 40 perturbations would give 0.0092 or 0.0184, raw
+  # fitness (the loss itself, dominated by its mean) about 0.0003.
+  assert nes["correlation_whole"] == pytest.approx(expected, rel=0.15)
   assert -1 <= nes["correlation_min"] <= nes["correlation_max"] <= 1
-  assert -1 <= nes["correlation_whole"] <= 1
+
+
+def test_antithetic_raw_nes_is_a_projection_on_half_the_directions(tmp_path):
+  # f(+phi) - f(-phi) = 2 sigma <g, phi> + O(sigma^3): the mirrored pairs
+  # cancel the loss's mean, and the estimate is (2/d) sum <g, phi> phi over
+  # d/2 directions, whose cosine is the projection's with d/2 = 10.
+  nes = correlation_run(
+    "nes", tmp_path, **NES_CORRELATION_RUN, **{"nes.antithetic": True, "nes.fitness": "raw"}
+  )
+  expected = expected_projection_cosine(10, FC_PARAMETERS)  # 0.00991
+  # Over seeds 0-5: 0.00959 +- 0.00036 (3.7 %); +-15 % is 4 std.
+  assert nes["correlation_whole"] == pytest.approx(expected, rel=0.15)
 
 
 def test_forward_mode_trains_like_reverse_mode(tmp_path):
@@ -160,6 +194,160 @@ def test_forward_mode_trains_like_reverse_mode(tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
 
 
+# --- each setting reaches the step: the first update against a reference -------
+
+ONE_STEP = {"train.steps_per_epoch": 1, "train.log_every_steps": 1, "bases.generator": "threefry"}
+
+
+def batch_loss(model, images, labels):
+  """params -> the mean cross-entropy of ``model`` on the batch (train mode, no BN)."""
+
+  def loss(params):
+    logits = model.apply({"params": params}, images, train=True)
+    return cross_entropy(logits, labels).mean()
+
+  return loss
+
+
+def cross_entropy(logits, labels):
+  return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
+
+
+def first_step(config):
+  """Runs the trainer's first step of ``config`` on the MNIST sample.
+
+  Returns (trainer, params before, params after, clean batch, batch as the
+  step saw it, labels): the batch is the first ``train.batch_size`` images of
+  epoch 0's shuffle, augmented with the step's key when ``data.augment``.
+  """
+  trainer = train.Trainer(config, reference.sample_data())
+  state = trainer.initial_state()
+  before = jax.tree.map(np.array, state["params"])  # copies: the step donates the state
+  order = trainer.epoch_order(0)
+  after, _ = trainer.run_steps(0, state, order, 1)
+  index = np.asarray(order)[: config.train.batch_size]
+  raw = trainer.dataset.train_images[index]
+  clean = preprocess.preprocess_eval_batch(raw, dataset="mnist")
+  seen = clean
+  if config.data.augment:
+    key = jax.random.fold_in(trainer.augment_key, 0)  # step 0's augmentation
+    seen = preprocess.preprocess_train_batch(key, raw, dataset="mnist")
+  labels = jnp.asarray(trainer.dataset.train_labels[index])
+  return trainer, before, jax.tree.map(np.array, after["params"]), clean, seen, labels
+
+
+def relative_difference(a, b):
+  return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_data_augment_decides_the_batch_the_first_step_sees(augment):
+  config = tiny_config("sgd", **ONE_STEP, **{"data.augment": augment})
+  trainer, before, after, clean, seen, labels = first_step(config)
+  step = reference.flat(after) - reference.flat(before)
+  lr = config.learning_rate.sgd
+
+  def sgd_step(images):
+    return -lr * reference.flat(jax.grad(batch_loss(trainer.model, images, labels))(before))
+
+  np.testing.assert_allclose(step, sgd_step(seen), rtol=1e-4, atol=1e-6 * np.abs(step).max())
+  if augment:  # crops shift the digits and brightness the pixels: another gradient
+    assert relative_difference(sgd_step(clean), sgd_step(seen)) > 0.1
+    assert np.abs(np.asarray(seen) - np.asarray(clean)).max() > 0.1
+
+
+def dense_rbd_step(config, grad, dim, **basis):
+  """-lr P P^T g (divided by d without normalisation), P built by hand (threefry)."""
+  seed = jax.random.fold_in(jax.random.key(config.seed), 0)  # phase 0's bases
+  kwargs = {"distribution": config.bases.distribution, "normalize": config.bases.normalize}
+  kwargs.update(basis)
+  p = reference.dense_basis(seed, 0, 0, 0, config.bases.d, dim, **kwargs)
+  update = p @ (p.T @ grad)
+  if kwargs["normalize"] == "none":
+    update /= config.bases.d  # the reference code's scale (PAPER.md)
+  return -config.learning_rate.rbd * update
+
+
+@pytest.mark.parametrize(
+  "setting,value",
+  [
+    ("bases.normalize", "norm"),
+    ("bases.normalize", "expected"),
+    ("bases.normalize", "none"),
+    ("bases.distribution", "uniform"),
+    ("bases.distribution", "bernoulli"),
+    ("bases.block_rows", 7),
+  ],
+)
+def test_each_bases_setting_reaches_the_first_rbd_update(setting, value):
+  config = tiny_config("rbd", **ONE_STEP, **{"data.augment": False, setting: value})
+  trainer, before, after, _, seen, labels = first_step(config)
+  step = reference.flat(after) - reference.flat(before)
+  grad = reference.flat(jax.grad(batch_loss(trainer.model, seen, labels))(before))
+  want = dense_rbd_step(config, grad, FC_PARAMETERS)
+  np.testing.assert_allclose(step, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+  default = dense_rbd_step(config, grad, FC_PARAMETERS, distribution="normal", normalize="norm")
+  # What the setting implies against unit normal directions of the same keys.
+  if value == "expected":  # rows of length sqrt(n) +- 0.4 %, divided by sqrt(n): almost unit
+    assert 1e-4 < relative_difference(step, default) < 0.03
+  elif value == "none":  # raw rows of squared length ~n, the sum divided by d: n/d times
+    assert relative_difference(step * config.bases.d / FC_PARAMETERS, default) < 0.03
+  elif setting == "bases.distribution":
+    # Other directions. From the same keys jax.random's uniform and normal
+    # entries are monotone in the same bits, so the two updates stay
+    # correlated, but far from equal.
+    assert relative_difference(step, default) > 0.1
+  elif setting == "bases.block_rows":  # a schedule: the same update, in ceil(50/7) = 8 blocks
+    np.testing.assert_allclose(step, default, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+    state = trainer.initial_state()
+    jaxpr = str(
+      jax.make_jaxpr(trainer.train_steps(0, 1))(
+        state, trainer.train_images, trainer.train_labels, trainer.epoch_order(0)
+      )
+    )
+    # Every scan over blocks has 8 steps; the automatic block of 17 rows gives 3.
+    assert set(re.findall(r"length=(\d+)", jaxpr)) == {"8"}
+
+
+def nes_reference_step(config, trainer, before, images, labels, **nes):
+  """-lr times PAPER.md's NES estimate at ``before`` on the batch (tests/reference.py)."""
+  theta, unravel = ravel_pytree(before)
+  loss = jax.jit(lambda flat: batch_loss(trainer.model, images, labels)(unravel(flat)))
+  settings = {k: config.nes[k] for k in ("sigma", "antithetic", "fitness")}
+  settings.update(nes)
+  estimate = reference.nes_estimate(
+    lambda flat: float(loss(jnp.asarray(flat, jnp.float32))),
+    np.asarray(theta, np.float64),
+    jax.random.fold_in(trainer.nes_key, 0),  # step 0's perturbations
+    config.bases.d,
+    settings["sigma"],
+    antithetic=settings["antithetic"],
+    fitness=settings["fitness"],
+  )
+  return -config.learning_rate.nes * estimate
+
+
+@pytest.mark.parametrize(
+  "setting,value",
+  [("nes.sigma", 0.01), ("nes.sigma", 0.1), ("nes.antithetic", True), ("nes.fitness", "raw")],
+)
+def test_each_nes_setting_reaches_the_first_update(setting, value):
+  config = tiny_config("nes", **ONE_STEP, **{"data.augment": False, "bases.d": 8, setting: value})
+  trainer, before, after, _, seen, labels = first_step(config)
+  step = reference.flat(after) - reference.flat(before)
+  want = nes_reference_step(config, trainer, before, seen, labels)
+  np.testing.assert_allclose(step, want, rtol=1e-3, atol=1e-4 * np.abs(want).max())
+  default = nes_reference_step(
+    config, trainer, before, seen, labels, sigma=0.01, antithetic=False, fitness="centered_ranks"
+  )
+  if setting == "nes.fitness":
+    # Raw fitness weights phi_n by the loss (~2.3) instead of a rank in
+    # [-0.5, 0.5]: the same directions, several times longer.
+    assert np.linalg.norm(step) > 3 * np.linalg.norm(default)
+  elif value != 0.01:
+    assert relative_difference(step, default) > 0.5
+
+
 def write_cifar(directory: pathlib.Path, train_count=96, test_count=40):
   rng = np.random.default_rng(0)
   directory.mkdir(parents=True)
@@ -175,6 +363,8 @@ def write_cifar(directory: pathlib.Path, train_count=96, test_count=40):
 
 
 def test_resnet8_on_cifar_files_with_batch_norm(tmp_path):
+  # One step of RBD with per-tensor compartments, c = 200, on CIFAR pickles,
+  # recomputed by hand: the batch, its loss, batch-norm statistics and update.
   write_cifar(tmp_path / "cifar")
   config = tiny_config(
     "rbd",
@@ -184,19 +374,77 @@ def test_resnet8_on_cifar_files_with_batch_norm(tmp_path):
       "data.source": "files",
       "data.dir": str(tmp_path / "cifar"),
       "data.holdout_size": 16,
-      "train.steps_per_epoch": 2,
-      "train.log_every_steps": 2,
+      "train.steps_per_epoch": 1,
+      "train.log_every_steps": 1,
       "bases.compartments": "leaf",
       "bases.allocation": "compression",
-      "bases.d": 50,
+      "bases.d": 200,
+      "bases.generator": "threefry",
       "train.checkpoint": False,
     },
   )
-  result = train.train_and_evaluate(config, str(tmp_path / "run"))
-  record = result["history"][0]
-  assert {"validation_accuracy", "test_accuracy"} <= set(record)
-  stats = result["state"]["batch_stats"]["stem_bn"]["mean"]
-  assert np.abs(np.asarray(stats)).max() > 0  # BN statistics moved: state, not bases
+  trainer = train.Trainer(config, train.load_data(config))
+  initial = trainer.initial_state()
+  # Copies: the step donates the state.
+  params0, stats0 = (jax.tree.map(np.array, initial[k]) for k in ("params", "batch_stats"))
+  assert models.count_params(params0) == 78_330  # PAPER.md, "Models": ResNet-8
+  order = trainer.epoch_order(0)
+  result, metrics = trainer.run_steps(0, initial, order, 1)
+  index = np.asarray(order)[:32]  # the first step's batch, augmented with its key
+  images = preprocess.preprocess_train_batch(
+    jax.random.fold_in(trainer.augment_key, 0),
+    trainer.dataset.train_images[index],
+    dataset="cifar10",
+  )
+  labels = jnp.asarray(trainer.dataset.train_labels[index])
+
+  # Batch norm: running = 0.9 running + 0.1 batch, from mean 0 and variance 1.
+  stem = np.asarray(
+    jax.lax.conv_general_dilated(
+      images,
+      params0["stem_conv"]["kernel"],
+      (1, 1),
+      "SAME",
+      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+      precision=jax.lax.Precision.HIGHEST,
+    ),
+    np.float64,
+  )
+  stats = result["batch_stats"]
+  np.testing.assert_allclose(stats["stem_bn"]["mean"], 0.1 * stem.mean((0, 1, 2)), atol=1e-5)
+  np.testing.assert_allclose(stats["stem_bn"]["var"], 0.9 + 0.1 * stem.var((0, 1, 2)), rtol=1e-4)
+  variables = {"params": params0, "batch_stats": stats0}
+
+  def loss(params):
+    logits, new = trainer.model.apply(
+      {**variables, "params": params}, images, train=True, mutable=["batch_stats"]
+    )
+    return cross_entropy(logits, labels).mean(), new["batch_stats"]
+
+  (value, batch_stats), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params0)
+  assert metrics["loss"][0] == pytest.approx(float(value), rel=1e-5)
+  for (path, got), want in zip(
+    jax.tree_util.tree_leaves_with_path(stats), jax.tree.leaves(batch_stats)
+  ):  # every layer's statistics are the first batch's, at the initial parameters
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+  # The update: -lr P P^T g per tensor, d_v = max(ceil(n_v / 200), 10) rounded up
+  # to even (PAPER.md, Table 3's rule), compartment k keyed by its index.
+  names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params0)]
+  vectors = dict(zip(names, (np.ravel(np.asarray(g, np.float64)) for g in jax.tree.leaves(grads))))
+  dims = [max(math.ceil(v.size / 200), 10) for v in vectors.values()]
+  dims = [min(k + k % 2, v.size) for k, v in zip(dims, vectors.values())]
+  update = reference.block_projection(
+    vectors,
+    [[name] for name in names],
+    dims,
+    seed=jax.random.fold_in(jax.random.key(config.seed), 0),
+  )
+  after = jax.device_get(result["params"])
+  for name, new, old in zip(names, jax.tree.leaves(after), jax.tree.leaves(params0)):
+    want = -config.learning_rate.rbd * update[name]
+    got = np.ravel(np.asarray(new, np.float64) - np.asarray(old, np.float64))
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max(), err_msg=name)
 
 
 def test_a_diverging_run_stops_with_training_diverged(tmp_path):

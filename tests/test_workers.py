@@ -6,9 +6,6 @@ starts); the ``eight_devices`` fixture holds its results.
 """
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -19,36 +16,25 @@ import reference
 from jax.sharding import Mesh
 
 import random_bases as rb
-from random_bases import config_lib, distributed, train
 from random_bases import data as data_lib
+from random_bases import distributed, train
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Four steps of d = 10 logged every 2, 200 images per eval split in one batch.
+FOUR_STEPS = {
+  "bases.d": 10,
+  "train.steps_per_epoch": 4,
+  "train.log_every_steps": 2,
+  "train.eval_examples": 200,
+  "train.eval_batch_size": 200,
+}
 
 
 def small_config(method="rbd", **overrides):
-  config = config_lib.base_config()
-  config.method = method
-  config.data.source = "sample"
-  config.data.holdout_size = 400
-  config.bases.d = 10
-  config.learning_rate.rbd = 16.0
-  config.learning_rate.sgd = 0.1
-  config.train.epochs = 1
-  config.train.steps_per_epoch = 4
-  config.train.log_every_steps = 2
-  config.train.eval_examples = 200
-  config.train.eval_batch_size = 200
-  config_lib.set_fields(config, overrides)
-  return config
+  return reference.tiny_config(method, **{**FOUR_STEPS, **overrides})
 
 
-def sample_data():
-  return data_lib.load_dataset("mnist", source="sample", holdout_size=400)
-
-
-def one_device_mesh():
-  """The workers vmapped on this process's one device."""
-  return Mesh(np.array(jax.devices()[:1]), (distributed.WORKER_AXIS,))
+sample_data = reference.sample_data
+one_device_mesh = reference.one_device_mesh
 
 
 # --- the transformation --------------------------------------------------------
@@ -191,24 +177,26 @@ def test_collectives_lists_each_with_its_result_shapes():
 
 # --- eight CPU devices, in one subprocess -----------------------------------------
 
+# argv[1]: JSON of the settings below (the trainer's overrides, the
+# transformation's d and gradient), so the script imports only reference.
 EIGHT_DEVICES_SCRIPT = """
 import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
 from jax.sharding import Mesh, PartitionSpec as P
 import random_bases as rb
 from random_bases import distributed, train
-sys.path.insert(0, "tests")
-import test_workers as tw
+import reference
 
+settings = json.loads(sys.argv[1])
 out = {}
 assert len(jax.devices()) == 8
 
 # The transformation under shard_map's default checks, every worker on the
 # same batch. pcast makes each worker's gradient its own: at the replicated
 # parameters JAX would all-reduce the gradient over the workers.
-tx = rb.scale_by_random_bases(tw.D_PER_WORKER, seed=5, axis_name="workers", generator="threefry")
-g = tw.shared_gradient()
-params = {"w": jnp.zeros(tw.N)}
+tx = rb.scale_by_random_bases(settings["d"], seed=5, axis_name="workers", generator="threefry")
+g = {"w": jnp.asarray(settings["gradient"], jnp.float32)}
+params = {"w": jnp.zeros_like(g["w"])}
 mesh = Mesh(np.array(jax.devices()), ("workers",))
 def update(params, state):
   local = jax.lax.pcast(params, "workers", to="varying")
@@ -223,17 +211,18 @@ out["transform_collectives"] = collectives(mapped.lower(params, state).compile()
 
 # The trainer: 8 devices (shard_map) against 1 device (vmap), step by step;
 # forward-mode RBD on 8 devices against reverse mode.
-data = tw.sample_data()
+data = reference.sample_data()
 runs = {
     "rbd": ("rbd", {}, ("devices", "vmap")),
     "sgd": ("sgd", {}, ("devices", "vmap")),
     "nes": ("nes", {"learning_rate.nes": 0.01}, ("devices", "vmap")),
     "forward": ("rbd", {"bases.coordinates": "forward"}, ("devices",)),
 }
-meshes = {"devices": None, "vmap": tw.one_device_mesh()}
+meshes = {"devices": None, "vmap": reference.one_device_mesh()}
 trajectories = {}
 for run, (method, overrides, mappings) in runs.items():
-  config = tw.small_config(method, workers=8, **{"bases.d": 12}, **overrides)
+  config = reference.tiny_config(
+      method, workers=8, **{**settings["trainer"], "bases.d": 12, **overrides})
   for name in mappings:
     trainer = train.Trainer(config, data, mesh=meshes[name])
     state, order = trainer.initial_state(), trainer.epoch_order(0)
@@ -246,9 +235,10 @@ for run, (method, overrides, mappings) in runs.items():
       state, _ = compiled(state, trainer.train_images, trainer.train_labels, order)
       flat.append(np.concatenate([np.ravel(x) for x in jax.tree.leaves(state["params"])]))
     trajectories[run, name] = np.stack(flat)
-for run, reference in (("rbd", "vmap"), ("sgd", "vmap"), ("nes", "vmap"), ("forward", "rbd")):
+for run, reference_run in (("rbd", "vmap"), ("sgd", "vmap"), ("nes", "vmap"), ("forward", "rbd")):
   devices = trajectories[run, "devices"]
-  other = trajectories[(run, "vmap") if reference == "vmap" else (reference, "devices")]
+  other = trajectories[
+      (run, "vmap") if reference_run == "vmap" else (reference_run, "devices")]
   out[f"{run}_max_difference"] = float(np.abs(devices - other).max())
   out[f"{run}_movement"] = float(np.abs(devices[-1] - devices[0]).max())
 print("RESULTS" + json.dumps(out))
@@ -257,15 +247,12 @@ print("RESULTS" + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def eight_devices():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  run = subprocess.run(
-    [sys.executable, "-c", EIGHT_DEVICES_SCRIPT],
-    env=env,
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-  )
-  assert run.returncode == 0, run.stderr[-5000:]
+  settings = {
+    "trainer": FOUR_STEPS,
+    "d": D_PER_WORKER,
+    "gradient": np.asarray(shared_gradient()["w"]).tolist(),
+  }
+  run = reference.run_in_fresh_process(EIGHT_DEVICES_SCRIPT, json.dumps(settings), devices=8)
   return json.loads(run.stdout.split("RESULTS", 1)[1])
 
 
