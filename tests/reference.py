@@ -256,6 +256,32 @@ def tiny_config(method="rbd", **overrides):
   return config
 
 
+def quick_config(**overrides):
+  """``tiny_config()`` of 10 steps an epoch (logged every 5), 200 images per eval split."""
+  return tiny_config(
+    **{
+      "train.steps_per_epoch": 10,
+      "train.log_every_steps": 5,
+      "train.eval_examples": 200,
+      **overrides,
+    }
+  )
+
+
+TIMINGS = ("train_seconds", "eval_seconds", "images_per_second")
+
+
+def without_timings(rows):
+  """Metrics lines without their wall-clock fields, which differ from run to run."""
+  return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
+
+
+def assert_same_state(a, b):
+  """Two ``train_and_evaluate`` results end with bit-identical states."""
+  for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def sample_data():
   """The MNIST sample of ``TINY_RUN`` (400 images held out), as the trainer loads it."""
   from random_bases import data as data_lib

@@ -27,7 +27,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from orbax.checkpoint._src.path import async_path
-from test_workdir import assert_same_state, quick, results
+from reference import assert_same_state
+from reference import quick_config as quick
+from reference import without_timings as results
 
 from random_bases import data as data_lib
 from random_bases import train
@@ -126,7 +128,7 @@ HOLD_THE_WORKDIR = textwrap.dedent("""
     import pathlib, sys, time
     sys.path.insert(0, sys.argv[4])
     from random_bases import train
-    from test_workdir import quick
+    from reference import quick_config as quick
 
     workdir, holding, go = sys.argv[1], pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
     load_data = train.load_data

@@ -12,12 +12,13 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import assert_same_state, tiny_config
+from reference import quick_config as quick
+from reference import without_timings as results
 from tensorboardX.proto import event_pb2
-from test_train import tiny_config
 
 from random_bases import config_lib, train
 from random_bases import data as data_lib
@@ -271,29 +272,6 @@ def test_unfinished_orbax_directories_are_removed(tmp_path):
 # --- end to end through the trainer ---------------------------------------------
 
 
-def quick(**overrides):
-  return tiny_config(
-    **{
-      "train.steps_per_epoch": 10,
-      "train.log_every_steps": 5,
-      "train.eval_examples": 200,
-      **overrides,
-    }
-  )
-
-
-TIMINGS = ("train_seconds", "eval_seconds", "images_per_second")
-
-
-def results(rows):
-  return [{k: v for k, v in row.items() if k not in TIMINGS} for row in rows]
-
-
-def assert_same_state(a, b):
-  for x, y in zip(jax.tree.leaves(a["state"]), jax.tree.leaves(b["state"])):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_rerun_with_another_config_stops_before_writing(tmp_path):
   # Before: epochs 1-2 trained with d=50, epoch 3 with d=10, config.json said 10.
   train.train_and_evaluate(quick(**{"train.epochs": 2}), str(tmp_path))
@@ -325,7 +303,7 @@ CRASH_WHILE_SAVING_EPOCH_2 = textwrap.dedent("""
     from orbax.checkpoint._src.path import async_path
     sys.path.insert(0, sys.argv[3])
     from random_bases import train
-    from test_workdir import quick
+    from reference import quick_config as quick
 
     rename = async_path.rename
 
