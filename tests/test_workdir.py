@@ -8,13 +8,12 @@ import logging
 import os
 import pathlib
 import struct
-import subprocess
-import sys
 import textwrap
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import reference
 from reference import assert_same_state, tiny_config
 from reference import quick_config as quick
 from reference import without_timings as results
@@ -23,9 +22,6 @@ from tensorboardX.proto import event_pb2
 from random_bases import config_lib, train
 from random_bases import data as data_lib
 from random_bases import workdir as workdir_lib
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 # --- helpers ------------------------------------------------------------------
 
@@ -301,7 +297,6 @@ def test_extending_a_finished_hybrid_run_grows_its_open_last_phase(tmp_path):
 CRASH_WHILE_SAVING_EPOCH_2 = textwrap.dedent("""
     import json, os, sys
     from orbax.checkpoint._src.path import async_path
-    sys.path.insert(0, sys.argv[3])
     from random_bases import train
     from reference import quick_config as quick
 
@@ -321,18 +316,8 @@ def test_a_crash_while_a_checkpoint_commits_leaves_a_consistent_workdir(tmp_path
   # Before: two "epoch": 2 lines and a leftover 2.orbax-checkpoint-tmp directory.
   overrides = {"train.epochs": 2}
   run = tmp_path / "run"
-  crashed = subprocess.run(
-    [
-      sys.executable,
-      "-c",
-      CRASH_WHILE_SAVING_EPOCH_2,
-      str(run),
-      json.dumps(overrides),
-      str(ROOT / "tests"),
-    ],
-    capture_output=True,
-    text=True,
-    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  crashed = reference.run_in_fresh_process(
+    CRASH_WHILE_SAVING_EPOCH_2, run, json.dumps(overrides), check=False
   )
   assert crashed.returncode == 9, crashed.stderr[-3000:]
   assert (run / "checkpoints" / "2.orbax-checkpoint-tmp").exists()  # the window was hit
