@@ -5,10 +5,13 @@ These rebuild the basis straight from the documented key contract
 the library's block-wise loops are checked against plain dense algebra.
 """
 
+import fcntl
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import jax
@@ -325,6 +328,35 @@ def run_in_fresh_process(script, *args, devices=None, check=True):
   if check and done.returncode != 0:
     pytest.fail(f"the script exited with {done.returncode}:\n{done.stderr[-5000:]}")
   return done
+
+
+def computed_once_per_session(name, compute):
+  """``compute()``'s JSON-able result, computed by one pytest-xdist worker of this run.
+
+  A module-scoped fixture runs once per xdist worker, so an expensive one
+  (an 8-device subprocess) would run on every worker that gets one of its
+  tests. Under xdist every worker of one ``pytest -n N`` run shares
+  ``PYTEST_XDIST_TESTRUNUID``: the first to take the flock computes and
+  writes the file, the others wait and read it. The file lives under the
+  system temp folder, named by that run id, so no other run reads it.
+  Without xdist it simply computes.
+  """
+  run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  if not run_id:
+    return compute()
+  folder = os.path.join(tempfile.gettempdir(), f"random-bases-tests-{run_id}")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"{name}.json")
+  with open(path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(path):
+      with open(path) as f:
+        return json.load(f)
+    value = compute()
+    with open(path + ".tmp", "w") as f:
+      json.dump(value, f)
+    os.replace(path + ".tmp", path)
+    return value
 
 
 def nes_estimate(loss_at, theta, key, d, sigma, *, antithetic=False, fitness="centered_ranks"):

@@ -252,8 +252,12 @@ def eight_devices():
     "d": D_PER_WORKER,
     "gradient": np.asarray(shared_gradient()["w"]).tolist(),
   }
-  run = reference.run_in_fresh_process(EIGHT_DEVICES_SCRIPT, json.dumps(settings), devices=8)
-  return json.loads(run.stdout.split("RESULTS", 1)[1])
+
+  def compute():
+    run = reference.run_in_fresh_process(EIGHT_DEVICES_SCRIPT, json.dumps(settings), devices=8)
+    return json.loads(run.stdout.split("RESULTS", 1)[1])
+
+  return reference.computed_once_per_session("test_workers_eight_devices", compute)
 
 
 def test_shard_map_with_default_checks_equals_the_concatenated_basis(eight_devices):
