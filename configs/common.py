@@ -47,7 +47,22 @@ SCALE_MEANINGS = {
 }
 
 # Keys of a sweep entry that describe the run rather than set a config field.
-META_KEYS = ("name", "label", "panel", "paper", "rate", "x", "group", "log2_rate")
+META_KEYS = ("name", "label", "panel", "paper", "rate", "x", "group", "log2_rate", "seeds")
+
+
+def entry_seeds(entry: dict, seeds: list[int]) -> list[int]:
+  """The seeds an entry runs at: the first ``entry["seeds"]`` of the sweep's, else all.
+
+  A sweep may run its main rows at 3 seeds and its checks at 1 in one
+  invocation (``--seeds=0,1,2``): an entry with ``"seeds": 1`` runs seed 0 only.
+  """
+  count = entry.get("seeds")
+  if count is None:
+    return list(seeds)
+  if not isinstance(count, int) or count < 1:
+    raise ValueError(f"sweep entry {entry.get('name')!r}: seeds={count!r} must be an int >= 1")
+  return list(seeds)[:count]
+
 
 # runlocal: a few steps on the package's MNIST sample.
 RUNLOCAL = {

@@ -12,6 +12,10 @@ exactly ``-2**log2 * direction`` (``config.learning_rate.<method>``).
 * ``TUNED``: rates chosen by our tuner (``experiments/tune.py``), copied from
   ``results/table4.md``, which states the scale they were tuned at and the
   exact command. Edit this dict, nothing else, when the tuner is rerun.
+* ``TUNED_AT_LENGTH``: rates chosen by the tuner's successive halving
+  (``configs/table4.py:search=halving``), whose longest trials are at least a
+  quarter of the table's 100 epochs, keyed with the bases' structure. Only
+  ``configs/table1_full.py`` reads them (``searched_rate``); ``rate()`` does not.
 
 ``rate()`` looks a key up in that order of preference (ours first) and says
 where the value came from; the results files print that source beside each
@@ -84,6 +88,12 @@ TUNED: dict[tuple, int] = {
   ("resnet8", "cifar10", "sgd", None, None): -3,  # heldout_loss 1.799
   ("resnet8", "cifar10", "rbd", 250, "normal"): 4,  # heldout_loss 1.944
 }
+
+# Ours at length: (model, dataset, method, d, structure) -> applied log2, copied from the
+# "For configs/learning_rates.py (TUNED_AT_LENGTH)" lines of the halving search's results
+# file (results/table4@search=halving,...md, which states the lengths and the command).
+# SGD keys have d = structure = None (``length_key``). Empty until that search has run.
+TUNED_AT_LENGTH: dict[tuple, int] = {}
 
 # NES has no rate in the paper. Its centred-rank update, sum_i u_i phi_i /
 # (sigma d) with u_i in [-0.5, 0.5], does not depend on the scale of the loss,
@@ -184,6 +194,28 @@ def for_total_d(rate_250: Rate, d: int) -> Rate:
   """
   log2 = rate_250.log2 + round(math.log2(250 / d))
   return Rate(log2, f"{rate_250} x 250 / {d:,}")
+
+
+def length_key(
+  model: str, dataset: str, method: str, *, d: int | None = 250, structure: str | None = "srht"
+) -> tuple:
+  """The ``TUNED_AT_LENGTH`` key: SGD ignores d and the structure."""
+  if method == "sgd":
+    d, structure = None, None
+  return (model, dataset, method, d, structure)
+
+
+def searched_rate(
+  model: str, dataset: str, method: str, *, d: int = 250, structure: str = "srht"
+) -> Rate | None:
+  """Our rate searched at length (``TUNED_AT_LENGTH``), or None where that search has not run.
+
+  No fallback: a caller without a rate must leave the run out and say so.
+  """
+  found = TUNED_AT_LENGTH.get(length_key(model, dataset, method, d=d, structure=structure))
+  if found is None:
+    return None
+  return Rate(found, "searched at length, successive halving")
 
 
 def paper_log2(model: str, dataset: str, method: str) -> int | None:

@@ -13,9 +13,22 @@ around the best until both neighbours of the best are tried, never past the
 paper's bounds. The sweep lists the coarse runs; the tuner adds the rest.
 
 Arguments besides the scale: ``pairs`` and ``methods`` joined by "+", the
-grid (``lo``, ``hi``, ``stride``), and ``d`` and ``distribution`` of the bases.
-The rates it picks go to configs/learning_rates.py TUNED (results/table4.md
-prints the lines).
+grid (``lo``, ``hi``, ``stride``), and ``d``, ``distribution`` and
+``structure`` of the bases. The rates it picks go to configs/learning_rates.py
+TUNED (results/table4.md prints the lines).
+
+``search=halving`` replaces coarse to fine by successive halving (a search
+whose choice holds at length; experiments/tune.py): every power of the grid
+trains ``rungs``' first number of epochs of ``steps`` steps; the best
+1/``keep`` of them (at least ``floor``; diverged ones never) go on to the next
+number of epochs, and so on; the lowest held-out loss at the last wins. A
+longer trial extends the shorter one's run. Its rates go to
+configs/learning_rates.py TUNED_AT_LENGTH. For Table 1's FC rows at 100
+epochs (156,250 steps), the full grid up to 40,000 steps (a quarter):
+
+  python -m experiments.reproduce --config=configs/table4.py:search=halving,\
+pairs=fc-mnist+fc-fashion_mnist+fc-cifar10,methods=sgd+rbd+fpd,structure=srht,lo=-19,hi=7,\
+stride=1,steps=625,rungs=1+4+16+64 --data_root=DIR --data=fashion_mnist=DIR
 """
 
 from configs import common, learning_rates
@@ -35,7 +48,38 @@ def _parse(arg):
     stride=3,
     d=250,
     distribution="normal",
+    structure="dense",
+    search="coarse",
+    rungs="1+4+16+64",
+    keep=3,
+    floor=2,
   )
+
+
+SEARCHES = ("coarse", "halving")
+
+
+def _search(arg) -> str:
+  if arg.search not in SEARCHES:
+    raise ValueError(f"search={arg.search!r} must be one of {list(SEARCHES)}")
+  return arg.search
+
+
+def rungs(arg) -> list[int]:
+  """The halving search's lengths in epochs: ``"1+4+16"`` -> [1, 4, 16], checked."""
+  try:
+    lengths = [int(x) for x in str(arg.rungs).split("+")]
+  except ValueError as e:
+    raise ValueError(
+      f"rungs={arg.rungs!r} must be increasing positive epoch counts joined by '+', e.g. 1+4+16"
+    ) from e
+  if not lengths or lengths[0] < 1 or lengths != sorted(set(lengths)):
+    raise ValueError(
+      f"rungs={arg.rungs!r} must be increasing positive epoch counts joined by '+', e.g. 1+4+16"
+    )
+  if arg.keep < 2 or arg.floor < 1:
+    raise ValueError(f"keep={arg.keep}, floor={arg.floor}: need keep >= 2 and floor >= 1")
+  return lengths
 
 
 def _pairs(arg) -> list[tuple[str, str]]:
@@ -76,8 +120,22 @@ def coarse_grid(arg) -> list[int]:
   return list(range(arg.lo, arg.hi + 1, arg.stride))
 
 
-def trial(model: str, dataset: str, method: str, log2: int, *, d: int, distribution: str) -> dict:
-  """One trial of the search: ``method`` on the pair at rate 2**log2."""
+def trial(
+  model: str,
+  dataset: str,
+  method: str,
+  log2: int,
+  *,
+  d: int,
+  distribution: str,
+  structure: str = "dense",
+) -> dict:
+  """One trial of the search: ``method`` on the pair at rate 2**log2.
+
+  ``structure`` (RBD and FPD only) is left out of the entry when dense, so the
+  coarse search's runs keep their workdirs. Table 4's rate is marked for
+  d = 250, normal directions, whatever the structure (the paper's are dense).
+  """
   group = f"{common.pair_name(model, dataset)} {common.METHOD_TITLES[method]}"
   overrides = {
     "name": f"{group} 2^{log2}",
@@ -94,6 +152,8 @@ def trial(model: str, dataset: str, method: str, log2: int, *, d: int, distribut
     overrides["bases.d"] = d
   if method in ("rbd", "fpd"):
     overrides["bases.distribution"] = distribution
+    if structure != "dense":
+      overrides["bases.structure"] = structure
   paper = learning_rates.paper_log2(model, dataset, method)
   if paper is not None and d == 250 and distribution == "normal":
     overrides["paper"] = {"log2_rate": (paper, 0)}
@@ -103,6 +163,7 @@ def trial(model: str, dataset: str, method: str, log2: int, *, d: int, distribut
 def get_config(arg=None):
   """Trials train on 75 % of the training split and report the other 25 %."""
   arg = _parse(arg)
+  _search(arg)
   config = common.base(arg, epochs=1)
   config.data.holdout = "tune"
   config.train.early_stopping = False  # the held-out loss decides, diverged or not
@@ -110,9 +171,23 @@ def get_config(arg=None):
 
 
 def sweep(arg=None):
+  """The first trials: the coarse grid, or (halving) every rate at the first length."""
   arg = _parse(arg)
+  halving = _search(arg) == "halving"
+  first = {"train.epochs": 1 if arg.runlocal else rungs(arg)[0]} if halving else {}
   entries = [
-    trial(model, dataset, method, log2, d=arg.d, distribution=arg.distribution)
+    {
+      **trial(
+        model,
+        dataset,
+        method,
+        log2,
+        d=arg.d,
+        distribution=arg.distribution,
+        structure=arg.structure,
+      ),
+      **first,
+    }
     for model, dataset in _pairs(arg)
     for method in _methods(arg)
     if _tuned(model, dataset, method)
@@ -121,8 +196,48 @@ def sweep(arg=None):
   return common.finish(entries, arg)
 
 
+def _halving_spec(arg) -> dict:
+  """The report's ``tune`` fields of the halving search."""
+  # runlocal: each length one epoch (of 3 steps) longer than the last.
+  lengths = list(range(1, len(rungs(arg)) + 1)) if arg.runlocal else rungs(arg)
+  steps = common.RUNLOCAL["train.steps_per_epoch"] if arg.runlocal else arg.steps
+  unit = "all the 75 % split's" if steps == -1 else f"{steps:,}"
+  longest = "" if steps == -1 else f" = {lengths[-1] * steps:,} steps"
+  basis = f"dense {arg.distribution}" if arg.structure == "dense" else arg.structure
+  return {
+    "search": "halving",
+    "rungs": lengths,
+    "keep": arg.keep,
+    "floor": arg.floor,
+    "grid": f"successive halving over 2^{arg.lo}..2^{arg.hi} every {arg.stride}, within the "
+    f"paper's bounds 2^{PAPER_LO}..2^{PAPER_HI}; the best 1/{arg.keep} of each length (at least "
+    f"{arg.floor}, never a diverged one) go on; d = {arg.d}, {basis} directions for RBD/FPD",
+    "lengths_text": f"{' -> '.join(map(str, lengths))} epochs of {unit} steps{longest} "
+    "(Table 1 trains 100 epochs of 1,562 steps = 156,250)",
+  }
+
+
 def report(arg=None):
   arg = _parse(arg)
+  if _search(arg) == "halving":
+    return {
+      "name": common.results_name("table4", arg),
+      "title": "Table 4 at length: learning rates by successive halving (log2 of the applied step)",
+      "scale": common.scale_note(arg, epochs=1, paper_scale=False),
+      "tune": {"lo": PAPER_LO, "hi": PAPER_HI, "metric": "heldout_loss", **_halving_spec(arg)},
+      "plots": [{"kind": "tuning_lengths", "metric": "heldout_loss"}],
+      "notes": [
+        "Applied step sizes: the update is -2^k times the direction; the paper's SGD "
+        "column is per example, shown here as k + 5 (configs/learning_rates.py).",
+        "Trials train on a random 75 % of the training split (data.holdout=tune) and are "
+        "judged by the loss on the other 25 % at the end of each length; a trial whose loss "
+        "became NaN or infinite counts as infinitely bad and is not carried on.",
+        "A rate's trial at a longer length continues its run at the shorter one (same workdir "
+        "and record), so every length's loss of a rate comes from one run.",
+        "The best at a length is among the rates that reached it, so a rate dropped at a short "
+        "length is never tried long; the carried share (keep, floor) bounds that risk.",
+      ],
+    }
   return {
     "name": common.results_name("table4", arg),
     "title": "Table 4: learning rates (log2 of the applied step size)",

@@ -24,6 +24,8 @@ spec has a ``kind``:
   directions with any gradient (Fig. B.7's whole-vector correlation).
 * ``tuning``: the held-out loss against log2 of the rate, the paper's rate
   and ours marked (Table 4; drawn by experiments/tune.py).
+* ``tuning_lengths``: the same for the tuner's successive halving, one line
+  per trial length (experiments/tune.py).
 * ``landscape``: the loss along random directions by distribution and epoch
   (Fig. 2; experiments/analysis.py).
 * ``orthogonality``: the mean cosine of random pairs against the dimension,
@@ -604,6 +606,47 @@ def tuning(groups: list[dict], path: str):
     ax.plot([], [], "x", color="gray", label="diverged or off the chart")
     ax.set_ylim(0, top * 1.05)
     ax.set_title(panel)
+    ax.set_xlabel("log2 of the applied learning rate")
+    ax.set_ylabel(METRIC_LABELS["heldout_loss"])
+    ax.legend(fontsize=7)
+  return _save(fig, path)
+
+
+def tuning_lengths(groups: list[dict], path: str):
+  """Held-out loss against log2 of the rate, a panel per searched group, a line per trial length.
+
+  The successive-halving search's plot: longer lines carry fewer rates (only
+  the best part of each length goes on). A star marks each length's best
+  rate, a dashed line the paper's rate, an x a diverged trial.
+
+  Args:
+    groups: dicts with ``panel`` (title), ``lines`` ({length label: {log2:
+      loss, inf if diverged}}, shortest first), ``paper`` and ``chosen`` (log2 or None).
+    path: the PNG to write.
+  """
+  fig, axes = _grid(len(groups))
+  for ax, group in zip(axes, groups):
+    finite = [v for losses in group["lines"].values() for v in losses.values() if math.isfinite(v)]
+    top = min(max(finite, default=3.0), 10.0) * 1.1
+    colors = _colors(list(group["lines"]))
+    for label, losses in group["lines"].items():
+      color = colors[label]
+      shown = [(k, v) for k, v in sorted(losses.items()) if math.isfinite(v) and v <= top]
+      if shown:
+        ax.plot(*zip(*shown), marker="o", markersize=3, color=color, label=label)
+        best = min(shown, key=lambda kv: (kv[1], kv[0]))
+        ax.plot([best[0]], [best[1]], "*", markersize=11, color=color)
+      off = [k for k, v in sorted(losses.items()) if not (math.isfinite(v) and v <= top)]
+      if off:
+        ax.plot(off, [top] * len(off), "x", color=color)
+    if group["paper"] is not None:
+      ax.axvline(group["paper"], color="gray", **PAPER_STYLE)
+    ax.plot([], [], color="gray", label="paper's rate (dashed)", **PAPER_STYLE)
+    ax.plot([], [], "*", color="gray", label="best of the length")
+    ax.plot([], [], "x", color="gray", label="diverged or off the chart")
+    ax.set_ylim(0, top * 1.05)
+    chosen = "" if group["chosen"] is None else f" (chosen 2^{group['chosen']})"
+    ax.set_title(group["panel"] + chosen)
     ax.set_xlabel("log2 of the applied learning rate")
     ax.set_ylabel(METRIC_LABELS["heldout_loss"])
     ax.legend(fontsize=7)

@@ -78,7 +78,8 @@ from typing import Any
 import jax
 from absl import app, flags, logging
 
-from experiments import analysis, tune
+from configs import common
+from experiments import analysis, launch, tune
 from experiments import results as results_lib
 from experiments.runs import (
   CodeState,
@@ -188,12 +189,14 @@ def command_line(
   results_dir: str,
   records_dir: str | None = None,
   only: str,
+  launcher_flags: tuple[str, ...] = (),
+  module: str = "experiments.reproduce",
 ) -> str:
-  """The command that reproduces this invocation, data locations resolved."""
+  """The command that reproduces this invocation of ``module``, data locations resolved."""
   parts = [
     "python",
     "-m",
-    "experiments.reproduce",
+    module,
     f"--config={spec}",
     f"--seeds={','.join(map(str, seeds))}",
     *data.flags(),
@@ -204,6 +207,7 @@ def command_line(
     parts.append(f"--records_dir={records_dir}")
   if only:
     parts.append(f"--only={only}")
+  parts.extend(launcher_flags)
   return " ".join(shlex.quote(p) for p in parts)
 
 
@@ -354,8 +358,17 @@ def reproduce(
   only: str = "",
   allow_dirty: bool = False,
   train_fn: TrainFn = train.train_and_evaluate,
+  cluster: launch.Cluster | None = None,
+  partial: bool = False,
+  wait: bool = False,
+  launcher_flags: tuple[str, ...] = (),
 ) -> list[str]:
   """Runs the sweep of config ``spec`` (resuming) and writes its results; returns the files.
+
+  With ``cluster`` (``--launcher=submitit``) the runs are submitted as jobs
+  instead and the results file is written once all are done, or with
+  ``partial`` from those done (``launch.launch``; ``wait``: wait for the
+  jobs first). ``launcher_flags`` go into the results file's command.
 
   Raises:
     ValueError: a bad config, argument or data location, or a working tree that
@@ -363,9 +376,17 @@ def reproduce(
   """
   sweep = Sweep.load(spec, only=only, results_dir=results_dir, records_dir=records_dir)
   report = sweep.report
+  if cluster is not None and ("tune" in report or "analysis" in report):
+    raise ValueError(
+      f"--launcher=submitit: {report['name']} is a tuner or analysis sweep whose runs depend on "
+      "each other's results; run it with --launcher=local"
+    )
 
   def runs_of(entry: dict) -> list[Run]:
-    return [sweep.run(entry, seed, data=data, workdir_root=workdir_root) for seed in seeds]
+    return [
+      sweep.run(entry, seed, data=data, workdir_root=workdir_root)
+      for seed in common.entry_seeds(entry, seeds)  # an entry may ask for fewer seeds
+    ]
 
   runs = [run for entry in sweep.entries for run in runs_of(entry)]  # all checked before any runs
   require_clean(allow_dirty)
@@ -382,8 +403,20 @@ def reproduce(
     results_dir=results_dir,
     records_dir=records_dir,
     only=only,
+    launcher_flags=launcher_flags,
   )
   head = header(command, seeds, only, sweep.records)
+  if cluster is not None:
+    return launch.launch(
+      runs,
+      name=report["name"],
+      cluster=cluster,
+      folder=launch.jobs_dir(workdir_root, report["name"]),
+      write=lambda chosen, extra: write_results(report, chosen, head + extra, results_dir),
+      partial=partial,
+      wait_for_jobs=wait,
+      train_fn=train_fn,
+    )
   if "tune" in report:
     return tune.tune(
       report, runs, runs_of=runs_of, train_fn=train_fn, header=head, results_dir=results_dir
@@ -396,6 +429,29 @@ def reproduce(
   written = write_results(report, runs, head, results_dir)
   logging.info("Wrote %s", ", ".join(written))
   return written
+
+
+def status(
+  spec: str,
+  *,
+  seeds: list[int],
+  data: DataLocations,
+  workdir_root: str,
+  results_dir: str,
+  records_dir: str | None = None,
+  only: str = "",
+) -> list[launch.RunState]:
+  """Prints and returns each run's state (``launch.sweep_state``); writes nothing."""
+  sweep = Sweep.load(spec, only=only, results_dir=results_dir, records_dir=records_dir)
+  runs = [
+    launch.absolute(sweep.run(entry, seed, data=data, workdir_root=workdir_root))
+    for entry in sweep.entries
+    for seed in common.entry_seeds(entry, seeds)
+  ]
+  folder = launch.jobs_dir(workdir_root, sweep.report["name"])
+  states = launch.sweep_state(runs, folder)
+  launch.print_status(sweep.report["name"], states, folder)
+  return states
 
 
 # --- --verify ------------------------------------------------------------------------------
@@ -507,9 +563,14 @@ def verify(
   return found
 
 
-def _define_flags() -> None:
-  flags.DEFINE_string("config", None, "configs/<name>.py[:arg]", required=True)
-  flags.DEFINE_list("seeds", ["0"], "seeds, each entry runs once per seed")
+def define_sweep_flags(*, config_help: str, seeds_help: str) -> None:
+  """The flags of every sweep command (this one, experiments.intrinsic_dimension).
+
+  ``--config``, ``--seeds``, the data locations, where workdirs, results and
+  records go, ``--allow_dirty`` and ``--traceback``.
+  """
+  flags.DEFINE_string("config", None, config_help, required=True)
+  flags.DEFINE_list("seeds", ["0"], seeds_help)
   flags.DEFINE_string(
     "data", "", "dataset locations: mnist=DIR,fashion_mnist=DIR,cifar10=DIR_OR_TAR_GZ"
   )
@@ -531,24 +592,117 @@ def _define_flags() -> None:
     "where the runs' records go, <records_dir>/<results file name>/<run>.json; default "
     "<results_dir>/runs",
   )
-  flags.DEFINE_string("only", "", "run only the entries whose name matches this regex")
   flags.DEFINE_bool(
     "allow_dirty",
     False,
     "run although the working tree differs from its commit (the results file and records say so)",
   )
+  cli.define_traceback_flag()
+  flags.declare_key_flag("traceback")  # listed by the command's --help
+
+
+def _define_flags() -> None:
+  define_sweep_flags(
+    config_help="configs/<name>.py[:arg]", seeds_help="seeds, each entry runs once per seed"
+  )
+  flags.DEFINE_string("only", "", "run only the entries whose name matches this regex")
   flags.DEFINE_integer(
     "verify",
     None,
     "instead of the sweep, rerun the first K recorded runs (sweep order; their own seeds) in "
     "fresh workdirs and check that their metrics equal the records bit for bit",
   )
-  cli.define_traceback_flag()
-  flags.declare_key_flag("traceback")  # listed by this command's --help
+  flags.DEFINE_string(
+    "launcher",
+    "local",
+    f"how the runs run: {' or '.join(launch.LAUNCHERS)} (one after another in this process) or "
+    "submitit (one cluster job per run; experiments/launch.py)",
+  )
+  flags.DEFINE_bool(
+    "status",
+    False,
+    "print each run's state (done, running, queued, failed, not submitted) and change nothing",
+  )
+  # The flags below apply to --launcher=submitit only.
+  flags.DEFINE_string(
+    "cluster", "slurm", f"submitit: where the jobs run: {', '.join(launch.CLUSTERS)}"
+  )
+  flags.DEFINE_string("partition", None, "submitit: the SLURM partition")
+  flags.DEFINE_integer(
+    "time_min", 240, "submitit: each job's time limit in minutes (then requeued)"
+  )
+  flags.DEFINE_integer("gpus_per_job", -1, "submitit: GPUs per job; -1: the run's workers")
+  flags.DEFINE_integer("cpus_per_job", None, "submitit: CPUs per job process")
+  flags.DEFINE_float("mem_gb", None, "submitit: memory per node in GB")
+  flags.DEFINE_integer("nodes", 1, "submitit: nodes per job, one process each")
+  flags.DEFINE_multi_string(
+    "sbatch", [], "submitit: an extra sbatch option as option=value (repeatable)"
+  )
+  flags.DEFINE_integer("array_parallelism", 256, "submitit: jobs of one array running at once")
+  flags.DEFINE_bool(
+    "partial", False, "submitit: with runs not done, write the results file from the done ones"
+  )
+  flags.DEFINE_bool("wait", False, "submitit: wait for the submitted jobs, then write the results")
 
 
-def interrupted_message() -> str:
-  command = shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
+# Flags that only --launcher=submitit reads, and what reproduce() calls them.
+SUBMITIT_FLAGS = (
+  "cluster",
+  "partition",
+  "time_min",
+  "gpus_per_job",
+  "cpus_per_job",
+  "mem_gb",
+  "nodes",
+  "sbatch",
+  "array_parallelism",
+  "partial",
+  "wait",
+)
+
+
+def cluster_from_flags(values) -> launch.Cluster | None:
+  """The cluster of ``--launcher=submitit`` (None: the local launcher), checked.
+
+  Raises:
+    ValueError: an unknown launcher or cluster, a bad resource, or a
+      submitit flag given to the local launcher.
+  """
+  launch.check_launcher(values.launcher)
+  given = [f"--{name}" for name in SUBMITIT_FLAGS if values[name].present]
+  if values.launcher == "local":
+    if given:
+      raise ValueError(f"{', '.join(given)} apply to --launcher=submitit only")
+    return None
+  return launch.Cluster(
+    kind=values.cluster,
+    partition=values.partition,
+    time_min=values.time_min,
+    gpus_per_job=values.gpus_per_job,
+    cpus_per_job=values.cpus_per_job,
+    mem_gb=values.mem_gb,
+    nodes=values.nodes,
+    sbatch=launch.Cluster.parse_sbatch(values.sbatch),
+    array_parallelism=values.array_parallelism,
+  )
+
+
+def launcher_flags(values) -> tuple[str, ...]:
+  """The launcher's flags as given, for the results file's command."""
+  if values.launcher == "local":
+    return ()
+  given = [f"--launcher={values.launcher}"]
+  for name in SUBMITIT_FLAGS:
+    if values[name].present and name not in ("partial", "wait"):
+      flag = values[name]
+      items = flag.value if isinstance(flag.value, list) else [flag.value]
+      given += [f"--{name}={item}" for item in items]
+  return tuple(given)
+
+
+def interrupted_message(module: str = "experiments.reproduce") -> str:
+  """What Ctrl-C prints: the sweep keeps its runs, and ``module``'s same command goes on."""
+  command = shlex.join(["python", "-m", module, *sys.argv[1:]])
   return (
     "Interrupted: finished runs are kept and the interrupted one resumes from its last "
     f"checkpoint; the same command goes on: {command}"
@@ -571,6 +725,18 @@ def main(argv) -> None:
   records_dir = values.records_dir and os.path.expanduser(values.records_dir)
 
   def run() -> None:
+    cluster = cluster_from_flags(values)  # bad launcher flags stop here, before any run
+    if values.status:
+      status(
+        values.config,
+        seeds=parse_seeds(values.seeds),
+        data=DataLocations.parse(values.data, values.data_root),
+        workdir_root=os.path.expanduser(values.workdir_root),
+        results_dir=os.path.expanduser(values.results_dir),
+        records_dir=records_dir,
+        only=values.only,
+      )
+      return
     reproduce(
       values.config,
       seeds=parse_seeds(values.seeds),
@@ -580,9 +746,15 @@ def main(argv) -> None:
       records_dir=records_dir,
       only=values.only,
       allow_dirty=values.allow_dirty,
+      cluster=cluster,
+      partial=values.partial,
+      wait=values.wait,
+      launcher_flags=launcher_flags(values),
     )
 
   def check() -> None:
+    if values.launcher != "local" or values.status:
+      raise ValueError("--verify reruns runs in this process: without --launcher and --status")
     found = verify(
       values.config,
       cells=values.verify,

@@ -1,12 +1,22 @@
-"""The learning-rate tuner: PAPER.md's search, coarse to fine, and results/table4.md.
+"""The learning-rate tuner: PAPER.md's search, coarse to fine or by successive halving.
 
 PAPER.md: powers of two between given bounds (2^-19 .. 2^7), each trial
 trained on a random 75 % of the training split, the lowest loss on the other
-25 % wins. Trying all 27 powers for every method and pair is more than this
-machine affords, so the search is coarse to fine (``search``): the config's
-coarse grid first, then single steps around the best until both its
-neighbours have been tried, never past the paper's bounds. If the losses are
-unimodal in log2 of the rate, that finds the same power as the full grid.
+25 % wins. Two ways to spend the machine on it (``report["tune"]["search"]``):
+
+* ``coarse`` (``search``): every trial one length; the config's coarse grid
+  first, then single steps around the best until both its neighbours have
+  been tried, never past the paper's bounds. If the losses are unimodal in
+  log2 of the rate, that finds the same power as the full grid. Short trials
+  favour large rates, so its choice need not hold at the table's length.
+* ``halving`` (``successive_halving``): every power of the grid at the first
+  (short) length, the best part carried on to the next (longer) length, and
+  so on; the lowest loss at the longest length wins. A trial at a longer
+  length extends the same run (the length is ``train.epochs``, which the
+  workdir's name leaves out), so carrying a rate on costs only the added
+  steps, and the loss of every rate at every length it reached is in its
+  run's ``metrics.jsonl`` and record. results/table4*.md then shows how the
+  best rate moves with the trial's length.
 
 Run through ``python -m experiments.reproduce --config=configs/table4.py:...``;
 every trial is an ordinary run of the runner (``experiments/runs.py``: own
@@ -64,6 +74,84 @@ def search(
       losses[k] = loss_at(k)
 
 
+def survivors(tried: int, keep: int, floor: int) -> int:
+  """How many of ``tried`` rates go on to the next length: the best 1/``keep``, at least ``floor``.
+
+  Never more than were tried; ``ceil`` so that a rung of 4 with ``keep=3`` carries 2.
+  """
+  return min(tried, max(floor, math.ceil(tried / keep)))
+
+
+def successive_halving(
+  loss_at: Callable[[int, int], float],
+  *,
+  rates: list[int],
+  lengths: list[int],
+  keep: int,
+  floor: int,
+) -> dict[int, dict[int, float]]:
+  """Successive halving over powers of two; returns {length: {log2: loss}} for every trial run.
+
+  Args:
+    loss_at: (log2 of the rate, length) -> the held-out loss at that length
+      (inf for a trial that diverged at or before it).
+    rates: the powers tried at the first length.
+    lengths: the trials' lengths, increasing (the caller's unit: epochs).
+    keep, floor: the best ``survivors(n, keep, floor)`` of the n rates tried at a
+      length go on to the next; a rate with an infinite loss never does. Ties go
+      to the smaller rate, as in ``best_rate``.
+
+  The search stops early when no rate has a finite loss. The chosen rate is
+  ``best_rate`` of the last length reached (``chosen``).
+  """
+  if list(lengths) != sorted(set(lengths)) or not lengths or lengths[0] < 1:
+    raise ValueError(f"lengths={lengths}: need increasing positive lengths")
+  alive = sorted(set(rates))
+  table: dict[int, dict[int, float]] = {}
+  for i, length in enumerate(lengths):
+    table[length] = {k: loss_at(k, length) for k in alive}
+    finite = sorted((loss, k) for k, loss in table[length].items() if math.isfinite(loss))
+    if not finite or i + 1 == len(lengths):
+      break
+    alive = sorted(k for _, k in finite[: survivors(len(alive), keep, floor)])
+  return table
+
+
+def chosen(table: dict[int, dict[int, float]]) -> int | None:
+  """The rate with the lowest loss at the longest length reached; None if all diverged there."""
+  return best_rate(table[max(table)]) if table else None
+
+
+def trial_entry_at(entry: dict, log2: int, epochs: int) -> dict:
+  """``entry`` at the rate 2**log2 for ``epochs``: the run of every shorter length, extended."""
+  return {**trial_entry(entry, log2), "train.epochs": epochs}
+
+
+def loss_at_epoch(runs: list[runs_lib.Run], metric: str, epoch: int) -> float:
+  """Mean over seeds of ``metric`` at ``epoch``; inf if a seed has no finite value there.
+
+  A run that diverged after ``epoch`` still has its value at ``epoch``; one that
+  diverged at or before it has none (inf).
+  """
+  values = []
+  for run in runs:
+    rows = [row for row in runs_lib.run_result(run).metrics if row.get("epoch") == epoch]
+    value = rows[-1].get(metric) if rows else None
+    if value is None or not math.isfinite(value):
+      return math.inf
+    values.append(value)
+  return sum(values) / len(values)
+
+
+def _steps_at(runs: list[runs_lib.Run], epoch: int) -> int | None:
+  """The training step a trial had reached at ``epoch`` (from its metrics), if it got there."""
+  for run in runs:
+    for row in runs_lib.run_result(run).metrics:
+      if row.get("epoch") == epoch and row.get("step") is not None:
+        return row["step"]
+  return None
+
+
 def trial_entry(entry: dict, log2: int) -> dict:
   """``entry`` (a trial of the same group) at the rate 2**log2."""
   method = entry["method"]
@@ -117,8 +205,24 @@ def tune(
   progress = runs_lib.Progress(sum(not runs_lib.is_done(r) for r in runs))
   searched: dict[str, dict] = {}
   written: list[str] = []
+
+  def run_trial(trial: list[runs_lib.Run]) -> None:
+    """Trains the trial's unfinished runs (one per seed); finished ones are skipped."""
+    runs_lib.export_records(trial)
+    for run in trial:
+      if not runs_lib.is_done(run):
+        progress.start(run)
+        tic = time.perf_counter()
+        status, _ = runs_lib.execute(run, train_fn)
+        progress.finish(run, time.perf_counter() - tic, status)
+
+  halving = spec.get("search", "coarse") == "halving"
   for group, group_runs in groups.items():
     template = group_runs[0].entry
+    if halving:
+      searched[group] = _halve_group(template, group_runs, spec, runs_of, run_trial, progress)
+      written = write_halving(report, searched, header, results_dir)
+      continue
     by_rate: dict[int, list[runs_lib.Run]] = {}
     for run in group_runs:
       by_rate.setdefault(run.entry["log2_rate"], []).append(run)
@@ -127,13 +231,7 @@ def tune(
       if log2 not in by_rate:
         by_rate[log2] = runs_of(trial_entry(template, log2))
         progress.grow(sum(not runs_lib.is_done(r) for r in by_rate[log2]))
-      runs_lib.export_records(by_rate[log2])
-      for run in by_rate[log2]:
-        if not runs_lib.is_done(run):
-          progress.start(run)
-          tic = time.perf_counter()
-          status, _ = runs_lib.execute(run, train_fn)
-          progress.finish(run, time.perf_counter() - tic, status)
+      run_trial(by_rate[log2])
       return trial_loss(by_rate[log2], spec["metric"])
 
     coarse = sorted(by_rate)
@@ -147,6 +245,41 @@ def tune(
     )
     written = write(report, searched, header, results_dir)  # each group when it is done
   return written
+
+
+def _halve_group(template, group_runs, spec, runs_of, run_trial, progress) -> dict:
+  """One group's successive halving: {"entry", "table" {epochs: {log2: loss}}, "runs"}.
+
+  ``runs`` maps (log2, epochs) to the trial's runs; the runs of one rate at
+  every length share a workdir, each longer trial extending the shorter one.
+  """
+  trials: dict[tuple[int, int], list[runs_lib.Run]] = {}
+  for run in group_runs:
+    trials.setdefault((run.entry["log2_rate"], run.entry["train.epochs"]), []).append(run)
+
+  def loss_at(log2: int, epochs: int) -> float:
+    if (log2, epochs) not in trials:
+      trials[log2, epochs] = runs_of(trial_entry_at(template, log2, epochs))
+      progress.grow(sum(not runs_lib.is_done(r) for r in trials[log2, epochs]))
+    run_trial(trials[log2, epochs])
+    return loss_at_epoch(trials[log2, epochs], spec["metric"], epochs)
+
+  table = successive_halving(
+    loss_at,
+    rates=sorted({k for k, _ in trials}),
+    lengths=spec["rungs"],
+    keep=spec["keep"],
+    floor=spec["floor"],
+  )
+  for epochs, losses in table.items():
+    logging.info(
+      "%s at %d epochs: best 2^%s (%s)",
+      template["group"],
+      epochs,
+      best_rate(losses),
+      ", ".join(f"2^{k}: {v:.4g}" for k, v in sorted(losses.items())),
+    )
+  return {"entry": template, "table": table, "runs": trials}
 
 
 def _group_row(result: dict) -> dict:
@@ -173,6 +306,16 @@ def _mean_text(finals: list[results_lib.RunResult], key: str) -> str:
   return f"{100 * mean:.2f}" if key.endswith("accuracy") else f"{mean:.4f}"
 
 
+def _statuses(searched: dict[str, dict]) -> list[str]:
+  """Every trial run's status, for the results file's header."""
+  return [
+    runs_lib.run_result(run).status
+    for result in searched.values()
+    for trial in result["runs"].values()
+    for run in trial
+  ]
+
+
 def write(
   report: dict, searched: dict[str, dict], header: list[tuple[str, str]], results_dir: str
 ) -> list[str]:
@@ -182,13 +325,7 @@ def write(
   os.makedirs(results_dir, exist_ok=True)
   spec = report["tune"]
   metric = spec["metric"]
-  statuses = [
-    runs_lib.run_result(run).status
-    for result in searched.values()
-    for trial in result["runs"].values()
-    for run in trial
-  ]
-  lines = results_lib.head(report, header, statuses)
+  lines = results_lib.head(report, header, _statuses(searched))
   lines += [
     f"- Search: {spec['grid']}, within the paper's bounds 2^{spec['lo']}..2^"
     f"{spec['hi']}; d = {spec['d']}, {spec['distribution']} directions for RBD/FPD",
@@ -254,3 +391,199 @@ def write(
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return [path, plot_path]
+
+
+# --- successive halving's results file -------------------------------------------------------
+
+
+def _length_text(epochs: int, steps: int | None) -> str:
+  """ "2,500 steps (4 ep)" where a trial's metrics give the step, else "4 epochs"."""
+  return f"{steps:,} steps ({epochs} ep)" if steps else f"{epochs} epochs"
+
+
+def _value_text(runs: list[runs_lib.Run], key: str, epoch: int) -> str:
+  """The mean over seeds of ``key`` at ``epoch`` (accuracies in %); a dash if none."""
+  values = [
+    row[key]
+    for run in runs
+    for row in runs_lib.run_result(run).metrics
+    if row.get("epoch") == epoch and row.get(key) is not None
+  ]
+  if not values:
+    return "\u2014"
+  mean = sum(values) / len(values)
+  return f"{100 * mean:.2f}" if key.endswith("accuracy") else f"{mean:.4f}"
+
+
+def halving_rows(result: dict) -> dict:
+  """What the results file and plot show of one group's search.
+
+  Returns a dict with ``model``, ``dataset``, ``method``, ``structure``,
+  ``paper`` (Table 4's applied log2 or None), ``lengths`` [(epochs, steps or
+  None)], ``best`` {epochs: best log2 among the rates tried at that length},
+  ``chosen`` (the best at the longest length reached) and ``table``.
+  """
+  entry, table = result["entry"], result["table"]
+  steps = {}
+  for epochs, losses in table.items():
+    steps[epochs] = next(
+      (s for k in losses if (s := _steps_at(result["runs"][k, epochs], epochs)) is not None), None
+    )
+  return {
+    "model": entry["model"],
+    "dataset": entry["data.dataset"],
+    "method": entry["method"],
+    "structure": entry.get("bases.structure", "dense") if entry["method"] != "sgd" else "\u2014",
+    "paper": entry.get("paper", {}).get("log2_rate", (None,))[0],
+    "lengths": [(epochs, steps[epochs]) for epochs in sorted(table)],
+    "best": {epochs: best_rate(losses) for epochs, losses in table.items()},
+    "chosen": chosen(table),
+    "table": table,
+  }
+
+
+def _loss_cell(loss: float | None, *, best: bool) -> str:
+  if loss is None:
+    return ""
+  text = f"{loss:.4g}" if math.isfinite(loss) else "diverged"
+  return f"**{text}**" if best else text
+
+
+def write_halving(
+  report: dict, searched: dict[str, dict], header: list[tuple[str, str]], results_dir: str
+) -> list[str]:
+  """The halving search's results file: the choice per group, how it moves with length, the losses.
+
+  For each group: the best rate at every length (among the rates that reached
+  it), the chosen one (the longest length's), Table 4's rate and where it
+  landed (its loss at each length it reached, or "not carried on" from the
+  length where it dropped out), and the full loss table (rates x lengths).
+  Also the lines for configs/learning_rates.py TUNED_AT_LENGTH and the plot of
+  loss against rate, one line per length.
+  """
+  from experiments import plots
+
+  os.makedirs(results_dir, exist_ok=True)
+  spec = report["tune"]
+  metric = spec["metric"]
+  lines = results_lib.head(report, header, _statuses(searched))
+  lines += [
+    f"- Search: {spec['grid']}",
+    f"- Lengths: {spec['lengths_text']}",
+    "",
+    "## The chosen rate against the trial's length",
+    "",
+    "Each cell is the best rate (log2 of the applied step) among the rates trained to that "
+    f"length, by {metric}; the last is the choice. Table 4's rate is the paper's for dense "
+    "normal directions (SGD: per example x 32).",
+    "",
+    "| network | data | method | basis | paper log2 | best at each length | chosen | chosen "
+    f"\u2212 paper | {metric} at chosen | held-out acc % | test acc % | the paper's rate | time |",
+    "|" + " --- |" * 13,
+  ]
+  snippet, plot_groups, details = [], [], []
+  for group, result in searched.items():
+    row = halving_rows(result)
+    pick, paper, table = row["chosen"], row["paper"], row["table"]
+    last = max(table)
+    at_pick = [] if pick is None else result["runs"][pick, last]
+    moves = " \u2192 ".join(
+      f"{_length_text(e, s)}: {row['best'][e] if row['best'][e] is not None else 'all diverged'}"
+      for e, s in row["lengths"]
+    )
+    wall = sum(
+      (runs_lib.run_result(run).status or {}).get("wall_seconds", 0.0)
+      for (_, epochs), trial in result["runs"].items()
+      if epochs == last
+      for run in trial
+    )  # the longest trial's wall time is every shorter one's too (extended runs)
+    paper_text = _paper_landing(paper, row)
+    cells = [
+      common.MODEL_TITLES[row["model"]],
+      common.DATA_TITLES[row["dataset"]],
+      common.METHOD_TITLES[row["method"]],
+      row["structure"],
+      "\u2014" if paper is None else str(paper),
+      moves,
+      "all diverged" if pick is None else str(pick),
+      "\u2014" if None in (pick, paper) else f"{pick - paper:+d}",
+      "\u2014" if pick is None else _loss_cell(table[last][pick], best=False),
+      _value_text(at_pick, "heldout_accuracy", last),
+      _value_text(at_pick, "test_accuracy", last),
+      paper_text,
+      results_lib.format_seconds(wall),
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+    if pick is not None and last == spec["rungs"][-1]:
+      key = learning_rates.length_key(
+        row["model"],
+        row["dataset"],
+        row["method"],
+        structure=result["entry"].get("bases.structure", "dense"),
+        d=result["entry"].get("bases.d", 250),
+      )
+      snippet.append(f"    {key!r}: {pick},  # {metric} {table[last][pick]:.4g}")
+    rates = sorted({k for losses in table.values() for k in losses})
+    details += [
+      "",
+      f"### {group}: {metric} per rate and length (bold: the best of the length)",
+      "",
+      "| log2 | " + " | ".join(_length_text(e, s) for e, s in row["lengths"]) + " |",
+      "|" + " --- |" * (len(row["lengths"]) + 1),
+    ]
+    for k in rates:
+      label = f"{k} (paper)" if k == paper else str(k)
+      details.append(
+        f"| {label} | "
+        + " | ".join(
+          _loss_cell(table[e].get(k), best=k == row["best"][e]) for e, _ in row["lengths"]
+        )
+        + " |"
+      )
+    plot_groups.append(
+      {
+        "panel": group,
+        "lines": {_length_text(e, s): table[e] for e, s in row["lengths"]},
+        "paper": paper,
+        "chosen": pick,
+      }
+    )
+  lines += details
+  lines += [
+    "",
+    "For configs/learning_rates.py (TUNED_AT_LENGTH; only groups whose search reached the "
+    "longest length):",
+    "",
+    "```python",
+    *snippet,
+    "```",
+    "",
+  ]
+  lines += ["Notes:", ""] + [f"- {n}" for n in report.get("notes", [])]
+  plot_path = os.path.join(results_dir, f"{report['name']}_tuning_lengths.png")
+  plots.tuning_lengths(plot_groups, plot_path)
+  lines += ["", f"![{os.path.basename(plot_path)}]({os.path.basename(plot_path)})", ""]
+  path = os.path.join(results_dir, f"{report['name']}.md")
+  with open(path, "w") as f:
+    f.write("\n".join(lines))
+  return [path, plot_path]
+
+
+def _paper_landing(paper: int | None, row: dict) -> str:
+  """Where Table 4's rate landed: its rank and loss at each length it reached, or why not."""
+  if paper is None:
+    return "none given"
+  table = row["table"]
+  if paper not in table[min(table)]:
+    return f"2^{paper} is outside the grid"
+  parts = []
+  for epochs, steps in row["lengths"]:
+    losses = table[epochs]
+    if paper not in losses:
+      parts.append(f"not carried on to {_length_text(epochs, steps)}")
+      break
+    finite = sorted(v for v in losses.values() if math.isfinite(v))
+    loss = losses[paper]
+    rank = f"#{finite.index(loss) + 1} of {len(losses)}" if math.isfinite(loss) else "diverged"
+    parts.append(f"{_length_text(epochs, steps)}: {rank}")
+  return "; ".join(parts)

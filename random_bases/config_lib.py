@@ -47,7 +47,11 @@ class Field:
 
 FIELDS: tuple[Field, ...] = (
   Field("seed", 0, "seeds the initialisation, shuffles, augmentation and bases"),
-  Field("model", "fc", "fc | cnn | resnet8 | resnet32 (PAPER.md's parameter counts)"),
+  Field(
+    "model",
+    "fc",
+    "fc | cnn | resnet8 | resnet32 (PAPER.md's parameter counts) | li_fc | li_lenet (Li et al.)",
+  ),
   Field("data.dataset", "mnist", "mnist | fashion_mnist | cifar10"),
   Field(
     "data.source",
@@ -486,7 +490,7 @@ def _check_workers(config) -> None:
 def validate(config) -> None:
   """Raises ValueError for the first invalid field. Loads, writes and compiles nothing."""
   _check_fields(config)
-  checks.check_choice("model", config.model, models.MODEL_NAMES)
+  checks.check_choice("model", config.model, models.KNOWN_MODEL_NAMES)
   checks.check_choice("data.dataset", config.data.dataset, sources.DATASET_NAMES)
   checks.check_choice("data.source", config.data.source, sources.SOURCES)
   checks.check_choice("data.holdout", config.data.holdout, sources.SPLITS)

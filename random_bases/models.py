@@ -21,6 +21,20 @@ Every model maps NHWC float32 images to logits of shape ``[batch, num_classes]``
 ``model.apply(variables, x, train=...)``. Models are configured by explicit keyword arguments
 only; nothing here reads a config object.
 
+Two more networks come from Li, Farkhoor, Liu & Yosinski, "Measuring the Intrinsic Dimension of
+Objective Landscapes", ICLR 2018, whose d_int90 the intrinsic-dimension experiment compares
+with (``LI_MODEL_NAMES``; MNIST only, as there):
+
+======================  ===============  =================================================
+model                   D (28x28x1)      layers
+======================  ===============  =================================================
+li_fc                   199,210          784-200-200-10, ReLU
+li_lenet                44,426           conv5x5 valid 6 -> pool -> conv5x5 valid 16 -> pool
+                                         -> dense 120 -> dense 84 -> dense 10, ReLU
+======================  ===============  =================================================
+
+Both use He-normal kernels and zero biases, as their Keras code does.
+
 ResNet parameter paths have fixed, readable names (``stem_conv``, ``stem_bn``,
 ``stage{s}_block{b}/{conv1,bn1,conv2,bn2,proj_conv,proj_bn}``, ``head``) because layer-wise
 compartments and other per-tensor rules are written as regular expressions over them.
@@ -37,7 +51,11 @@ import numpy as np
 
 __all__ = [
   "MODEL_NAMES",
+  "LI_MODEL_NAMES",
+  "KNOWN_MODEL_NAMES",
   "FC",
+  "LiFC",
+  "LiLeNet",
   "CNN",
   "ResNet",
   "ResidualBlock",
@@ -47,6 +65,10 @@ __all__ = [
 ]
 
 MODEL_NAMES: tuple[str, ...] = ("fc", "cnn", "resnet8", "resnet32")
+# Li et al. 2018's MNIST networks (their d_int90: 750 and 290).
+LI_MODEL_NAMES: tuple[str, ...] = ("li_fc", "li_lenet")
+# Every name ``create_model`` builds: the paper's, then Li et al.'s.
+KNOWN_MODEL_NAMES: tuple[str, ...] = MODEL_NAMES + LI_MODEL_NAMES
 
 # Blocks per stage for the CIFAR ResNets (depth = 6n + 2).
 _RESNET_BLOCKS = {"resnet8": 1, "resnet32": 5}
@@ -100,6 +122,51 @@ class CNN(nn.Module):
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(64, kernel_init=_keras_kernel_init)(x))
     return nn.Dense(self.num_classes, kernel_init=_keras_kernel_init)(x)
+
+
+# Li et al.'s Keras layers use he_normal kernels (variance 2 / fan_in) and zero biases.
+_li_kernel_init = nn.initializers.he_normal()
+
+
+class LiFC(nn.Module):
+  """Li et al.'s MNIST FC: Flatten -> Dense(200) -> ReLU -> Dense(200) -> ReLU -> Dense(10).
+
+  D = 784 * 200 + 200 + 200 * 200 + 200 + 200 * 10 + 10 = 199,210.
+  """
+
+  num_classes: int = 10
+  width: int = 200
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    del train  # No train/eval difference (no dropout, no BatchNorm).
+    x = x.reshape((x.shape[0], -1))
+    for _ in range(self.depth):
+      x = nn.relu(nn.Dense(self.width, kernel_init=_li_kernel_init)(x))
+    return nn.Dense(self.num_classes, kernel_init=_li_kernel_init)(x)
+
+
+class LiLeNet(nn.Module):
+  """Li et al.'s MNIST LeNet: two unpadded 5x5 convs (6, 16) each before a 2x2 max-pool, then
+  dense 120 -> 84 -> classes, ReLU throughout.
+
+  On 28x28x1: 28 -> 24 -> 12 -> 8 -> 4, so the flattened features are 4 * 4 * 16 = 256 and
+  D = (25 + 1) 6 + (150 + 1) 16 + (256 + 1) 120 + (120 + 1) 84 + (84 + 1) 10 = 44,426.
+  """
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    del train  # No train/eval difference (no dropout, no BatchNorm).
+    for features in (6, 16):
+      x = nn.Conv(features, (5, 5), padding="VALID", kernel_init=_li_kernel_init)(x)
+      x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
+    x = x.reshape((x.shape[0], -1))
+    for width in (120, 84):
+      x = nn.relu(nn.Dense(width, kernel_init=_li_kernel_init)(x))
+    return nn.Dense(self.num_classes, kernel_init=_li_kernel_init)(x)
 
 
 def _conv(features: int, kernel: int, strides: int, name: str) -> nn.Conv:
@@ -174,11 +241,11 @@ class ResNet(nn.Module):
 
 
 def create_model(name: str, *, num_classes: int = 10) -> nn.Module:
-  """Builds the model called ``name`` (one of ``MODEL_NAMES``)."""
-  if name not in MODEL_NAMES:
+  """Builds the model called ``name`` (one of ``KNOWN_MODEL_NAMES``)."""
+  if name not in KNOWN_MODEL_NAMES:
     raise ValueError(
       f"Unknown model name={name!r}; expected one of "
-      + ", ".join(repr(n) for n in MODEL_NAMES)
+      + ", ".join(repr(n) for n in KNOWN_MODEL_NAMES)
       + "."
     )
   if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)):
@@ -190,6 +257,10 @@ def create_model(name: str, *, num_classes: int = 10) -> nn.Module:
     return FC(num_classes=num_classes)
   if name == "cnn":
     return CNN(num_classes=num_classes)
+  if name == "li_fc":
+    return LiFC(num_classes=num_classes)
+  if name == "li_lenet":
+    return LiLeNet(num_classes=num_classes)
   return ResNet(num_blocks=_RESNET_BLOCKS[name], num_classes=num_classes)
 
 

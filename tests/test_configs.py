@@ -34,7 +34,9 @@ def test_every_table_and_figure_has_a_config():
     "figb15.py",
     "figb7.py",
     "figb8.py",
+    "intrinsic_dimension.py",
     "table1.py",
+    "table1_full.py",
     "table2.py",
     "table3.py",
     "table4.py",
@@ -229,6 +231,8 @@ def test_a_rate_for_more_directions_keeps_eta_times_d():
 EXAMPLE_RUNS = {
   # Table 1's first RBD cell, FC-MNIST, d = 250; tuned 2^4 (Table 4: 2^1).
   "table1.py": dict(model="fc", dataset="mnist", method="rbd", d=250, lr=4, epochs=100),
+  # Table 1 at length: FC-MNIST RBD with an SRHT basis at Table 4's 2^1 (no search needed).
+  "table1_full.py": dict(model="fc", dataset="mnist", method="rbd", d=250, lr=1, epochs=100),
   # Table 2's Bernoulli column at the pair's normal rate (unit directions).
   "table2.py": dict(
     model="fc", dataset="mnist", method="rbd", d=250, lr=4, epochs=100, distribution="bernoulli"
@@ -279,6 +283,9 @@ EXAMPLE_RUNS = {
   "figb13.py": dict(model="cnn", dataset="cifar10", method="rbd", d=2, lr=3, epochs=2000),
   # Fig. B.15: normal directions at the pair's rate.
   "figb15.py": dict(model="cnn", dataset="cifar10", method="rbd", d=250, lr=3, epochs=100),
+  # Intrinsic dimension: FPD at d = 1024 on FC-MNIST, its d = 250 rate 2^5 x 250 / 1024 = 2^3,
+  # for the measurement's default 3 epochs.
+  "intrinsic_dimension.py": dict(model="fc", dataset="mnist", method="fpd", d=1024, lr=3, epochs=3),
 }
 
 RECORD_KEYS = {

@@ -385,3 +385,75 @@ def test_init_is_deterministic_in_key():
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a["params"]["Dense_0"]["kernel"], c["params"]["Dense_0"]["kernel"])
+
+
+# --- Li et al. 2018's MNIST networks (the intrinsic-dimension experiment) ---
+
+# D as Li, Farkhoor, Liu & Yosinski (ICLR 2018) state it (Table 1: FC 199,210, LeNet 44,426),
+# and as the layer arithmetic gives it.
+LI_D = {"li_fc": 199_210, "li_lenet": 44_426}
+
+
+def test_li_counts_are_the_layer_arithmetic():
+  dense = lambda n_in, n_out: n_in * n_out + n_out  # noqa: E731
+  conv = lambda k, c_in, c_out: k * k * c_in * c_out + c_out  # noqa: E731
+  assert dense(784, 200) + dense(200, 200) + dense(200, 10) == LI_D["li_fc"]
+  # 28 -> conv5 24 -> pool 12 -> conv5 8 -> pool 4: 4 * 4 * 16 = 256 features.
+  lenet = conv(5, 1, 6) + conv(5, 6, 16) + dense(256, 120) + dense(120, 84) + dense(84, 10)
+  assert lenet == LI_D["li_lenet"]
+
+
+@pytest.mark.parametrize("name", models.LI_MODEL_NAMES)
+def test_li_exact_trainable_param_counts(name):
+  model = models.create_model(name)
+  variables = jax.eval_shape(
+    lambda k: models.init_variables(model, key=k, input_shape=MNIST_SHAPE), jax.random.key(0)
+  )
+  assert set(variables) == {"params"}
+  assert models.count_params(variables["params"]) == LI_D[name]
+
+
+def np_forward_li(name, variables, x):
+  """Logits of Li et al.'s ``name`` from its variables, in float64 (ReLU throughout)."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
+  x = np.asarray(x, np.float64)
+  if name == "li_fc":  # 784-200-200-10
+    x = x.reshape(len(x), -1)
+    x = np_relu(np_dense(np_relu(np_dense(x, p["Dense_0"])), p["Dense_1"]))
+    return np_dense(x, p["Dense_2"])
+  for i in range(2):  # conv 5x5 valid -> relu -> 2x2 max-pool, twice
+    x = np_max_pool(np_relu(np_conv(x, p[f"Conv_{i}"]["kernel"]) + p[f"Conv_{i}"]["bias"]))
+  x = x.reshape(len(x), -1)
+  x = np_relu(np_dense(np_relu(np_dense(x, p["Dense_0"])), p["Dense_1"]))
+  return np_dense(x, p["Dense_2"])
+
+
+@pytest.mark.parametrize("name", models.LI_MODEL_NAMES)
+def test_li_forward_pass_equals_a_numpy_reimplementation(name):
+  model = models.create_model(name, num_classes=10)
+  variables = random_variables(model, MNIST_SHAPE, 7)
+  x = jax.random.uniform(jax.random.key(8), (3, *MNIST_SHAPE), jnp.float32)
+  logits = model.apply(variables, x, train=False)
+  assert (logits.shape, logits.dtype) == ((3, 10), jnp.float32)
+  want = np_forward_li(name, variables, x)
+  np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_li_models_are_known_and_listed_in_errors():
+  assert models.LI_MODEL_NAMES == ("li_fc", "li_lenet")
+  assert models.KNOWN_MODEL_NAMES == models.MODEL_NAMES + models.LI_MODEL_NAMES
+  assert isinstance(models.create_model("li_fc"), models.LiFC)
+  assert isinstance(models.create_model("li_lenet"), models.LiLeNet)
+  with pytest.raises(ValueError, match="'li_fc', 'li_lenet'"):
+    models.create_model("lenet5")
+
+
+def test_li_init_is_he_normal_with_zero_biases():
+  # He normal: variance 2 / fan_in (flax's truncated normal keeps that variance).
+  model = models.create_model("li_fc")
+  params = models.init_variables(model, key=jax.random.key(1), input_shape=MNIST_SHAPE)["params"]
+  kernel = np.asarray(params["Dense_0"]["kernel"])
+  assert kernel.shape == (784, 200)
+  np.testing.assert_allclose(kernel.var(), 2 / 784, rtol=0.02)
+  for layer in ("Dense_0", "Dense_1", "Dense_2"):
+    np.testing.assert_array_equal(params[layer]["bias"], 0.0)

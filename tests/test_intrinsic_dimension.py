@@ -1,0 +1,433 @@
+"""Tests for experiments/intrinsic_dimension.py (the d_int search) and its config.
+
+The search is tested as pure functions on accuracy curves whose crossing is
+known (a step at d*, a curve given per seed), and end to end on a problem
+whose intrinsic dimension is k by construction: a least-squares loss that
+depends on k directions only, minimised exactly inside the subspace that
+the library's own FPD basis spans.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import random_bases as rb
+from configs import learning_rates
+from experiments import intrinsic_dimension as idim
+from experiments.runs import DataLocations
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "intrinsic_dimension.py")
+
+
+@functools.cache
+def config_module():
+  spec = importlib.util.spec_from_file_location("config_intrinsic_dimension_test", CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def step_curve(d_star: int, calls: list[int]):
+  """Accuracy 1 from d_star on, 0.5 below it; records the d's asked for."""
+
+  def accuracy_at(d: int) -> float:
+    calls.append(d)
+    return 1.0 if d >= d_star else 0.5
+
+  return accuracy_at
+
+
+# --- the grid and the checks ---------------------------------------------------------------
+
+
+def test_geometric_grid():
+  assert idim.geometric_grid(16, 16384, 4, big_d=101_770) == [16, 64, 256, 1024, 4096, 16384]
+  assert idim.geometric_grid(10, 100, 2.0, big_d=1000) == [10, 20, 40, 80]
+  assert idim.geometric_grid(5, 5, 3, big_d=5) == [5]
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, float("nan"), True, "0.9"])
+def test_fraction_outside_0_1_refused(bad):
+  with pytest.raises(ValueError, match=r"fraction=.*(0, 1\])"):
+    idim.check_fractions([bad])
+
+
+def test_fraction_edges_and_empty():
+  assert idim.check_fractions([1, 0.5]) == (1.0, 0.5)
+  with pytest.raises(ValueError, match=r"fractions is empty.*\(0, 1\]"):
+    idim.check_fractions([])
+  assert idim.threshold(0.98, 0.5) == 0.49
+  with pytest.raises(ValueError, match="baseline accuracy"):
+    idim.threshold(0.0, 0.9)
+
+
+@pytest.mark.parametrize(
+  "dims, message",
+  [
+    ([], r"grid is empty; give at least one d in \[1, D = 100\]"),
+    ([0, 10], r"grid: d=0 must be >= 1; allowed: 1 <= d <= D = 100"),
+    ([-3], r"grid: d=-3 must be >= 1"),
+    ([10, 101], r"grid: d=101 is beyond D = 100.*allowed: 1 <= d <= 100"),
+    ([2.5], r"grid: d=2.5 must be an integer in \[1, D = 100\]"),
+  ],
+)
+def test_bad_grid_refused(dims, message):
+  with pytest.raises(ValueError, match=message):
+    idim.check_dims(dims, big_d=100)
+  with pytest.raises(ValueError, match=message):  # the search checks before its first d
+    idim.search(step_curve(5, []), grid=dims, levels=[0.9], big_d=100, factor=2, bisections=1)
+
+
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    (dict(d_min=0, d_max=10, factor=2), r"d_min: d=0 must be >= 1"),
+    (dict(d_min=4, d_max=200, factor=2), r"d_max: d=200 is beyond D = 100"),
+    (dict(d_min=20, d_max=10, factor=2), r"d_max=10 is below d_min=20"),
+    (dict(d_min=2, d_max=10, factor=1.0), r"factor=1.0 must be a number > 1"),
+  ],
+)
+def test_bad_grid_arguments_refused(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    idim.geometric_grid(**kwargs, big_d=100)
+
+
+# --- bracketing and bisection on synthetic curves -------------------------------------------
+
+
+def test_bracket():
+  means = {10: 0.1, 20: 0.5, 40: 0.95, 80: 0.97}
+  assert idim.bracket(means, 0.9) == (20, 40)
+  assert idim.bracket(means, 0.95) == (20, 40)  # reaching includes equality
+  assert idim.bracket(means, 0.99) == (80, None)
+  assert idim.bracket(means, 0.05) == (None, 10)
+  # Not monotone: the smallest d reaching wins, lo is the largest d below it.
+  assert idim.bracket({10: 0.95, 20: 0.5, 40: 0.95}, 0.9) == (None, 10)
+  assert idim.bracket({10: 0.1, 20: 0.95, 40: 0.5, 80: 0.97}, 0.9) == (10, 20)
+
+
+def test_midpoint():
+  assert idim.midpoint(256, 1024) == 512
+  assert idim.midpoint(256, 362) == 304  # sqrt(92,672) = 304.4
+  assert idim.midpoint(4, 6) == 5
+  assert idim.midpoint(4, 5) is None
+  assert idim.midpoint(1, 3) == 2
+
+
+def test_search_bisects_the_bracket_in_log_d():
+  calls = []
+  tried = idim.search(
+    step_curve(300, calls), grid=[16, 64, 256, 1024], levels=[0.9], big_d=5000, factor=4,
+    bisections=4,
+  )  # fmt: skip
+  # (256, 1024) -> 512 reaches -> 362 reaches -> 304 reaches -> 279 does not.
+  assert calls == [16, 64, 256, 1024, 512, 362, 304, 279]
+  assert idim.bracket(tried, 0.9) == (279, 304)
+  # Bisecting on to the end finds the step exactly, each d asked for once.
+  calls = []
+  tried = idim.search(
+    step_curve(300, calls), grid=[16, 64, 256, 1024], levels=[0.9], big_d=5000, factor=4,
+    bisections=50,
+  )  # fmt: skip
+  assert idim.bracket(tried, 0.9) == (299, 300)
+  assert len(calls) == len(set(calls)) < 20
+
+
+def test_search_walks_below_and_above_the_grid():
+  calls = []
+  tried = idim.search(
+    step_curve(3, calls), grid=[16, 64], levels=[0.9], big_d=100, factor=4, bisections=0
+  )
+  assert calls == [16, 64, 4, 1]  # 16 reaches: walk down 16 / 4 = 4 (reaches), then 1
+  assert idim.bracket(tried, 0.9) == (1, 4)
+  calls = []
+  tried = idim.search(
+    step_curve(5000, calls), grid=[16, 64, 256], levels=[0.9], big_d=10_000, factor=4,
+    bisections=0,
+  )  # fmt: skip
+  assert calls == [16, 64, 256, 1024, 4096, 10_000]  # the walk stops at D
+  assert idim.bracket(tried, 0.9) == (4096, 10_000)
+  calls = []
+  tried = idim.search(
+    step_curve(5000, calls), grid=[16], levels=[0.9], big_d=300, factor=4, bisections=3
+  )
+  assert calls == [16, 64, 256, 300]  # never reached, not even at D
+  assert idim.bracket(tried, 0.9) == (300, None)
+
+
+def test_search_shares_its_points_between_fractions():
+  """Two levels: the second bisects from every d the first tried."""
+  calls = []
+
+  def accuracy_at(d):  # rises linearly in log2 d from 0 at d = 1 to 1 at d = 1024
+    calls.append(d)
+    return math.log2(d) / 10
+
+  tried = idim.search(
+    accuracy_at, grid=[1, 4, 16, 64, 256, 1024], levels=[0.5, 0.8], big_d=1024, factor=4,
+    bisections=30,
+  )  # fmt: skip
+  assert len(calls) == len(set(calls))
+  assert idim.bracket(tried, 0.5) == (31, 32)  # log2(32) / 10 = 0.5
+  lo, hi = idim.bracket(tried, 0.8)  # 2^8 = 256 is in the grid
+  assert (lo, hi) == (255, 256)
+
+
+def test_estimate_from_seeds():
+  curve = {100: [0.5, 0.625], 200: [0.625, 0.875], 400: [0.875, 1.0]}
+  est = idim.estimate(curve, baseline=1.0, fraction=0.75)
+  # Means 0.5625, 0.75, 0.9375: 200 is the first to reach 0.75; each seed on its own:
+  # seed 0 reaches it at 400, seed 1 at 200.
+  assert (est.level, est.lo, est.hi, est.d_int) == (0.75, 100, 200, 200)
+  assert est.per_seed == (400, 200)
+  assert est.interpolated == pytest.approx(200)
+  assert est.describe() == "200 (bracket 100..200)"
+  # Halfway between the accuracies at 100 and 400: halfway in log d, sqrt(100 * 400).
+  est = idim.estimate({100: [0.5], 400: [1.0]}, baseline=1.0, fraction=0.75)
+  assert est.interpolated == pytest.approx(200.0)
+  assert idim.estimate({100: [0.5], 400: [0.6]}, baseline=1.0, fraction=0.9).describe() == (
+    "> 400 (not reached)"
+  )
+  assert (
+    idim.estimate({100: [0.95]}, baseline=1.0, fraction=0.9).describe().startswith("\u2264 100")
+  )
+  with pytest.raises(ValueError, match="same seeds"):
+    idim.estimate({100: [0.5], 400: [0.6, 0.7]}, baseline=1.0, fraction=0.9)
+
+
+def test_log_spread():
+  assert idim.log_spread([100, 400]) == "200 \u00d7/ 2.67 (100, 400)"
+  assert idim.log_spread([250]) == "250"
+  assert idim.log_spread([None, 300]) == "\u2014, 300"
+
+
+# --- a problem whose intrinsic dimension is k by construction -------------------------------
+
+BIG_D = 64
+
+
+@pytest.mark.parametrize("structure", ["dense", "srht"])
+def test_fpd_basis_spans_d_dimensions(structure):
+  # FPD's update of a gradient g is -eta P P^T g; applied to the D unit
+  # vectors it gives -eta P P^T, whose rank is the dimension of FPD's subspace.
+  d = 5
+  tx = rb.fpd(1.0, d, seed=3, structure=structure)
+  params = {"w": jnp.zeros(BIG_D)}
+  state = tx.init(params)
+  project = jax.jit(jax.vmap(lambda g: -tx.update({"w": g}, state, params)[0]["w"]))
+  gram = np.asarray(project(jnp.eye(BIG_D)), np.float64)
+  values = np.linalg.eigvalsh((gram + gram.T) / 2)
+  # P P^T's nonzero eigenvalues are those of the Gram matrix of d unit vectors
+  # (all 1 for SRHT's orthogonal rows); float32 rounding leaves ~1e-7 for the rest.
+  assert np.sum(values > 1e-3) == d
+  if structure == "srht":
+    np.testing.assert_allclose(np.sort(values)[-d:], np.ones(d), atol=1e-5)
+
+
+@functools.cache
+def unit_directions() -> np.ndarray:
+  """64 unit random directions in R^64 from the library's generator: rows of [64, 64]."""
+  from random_bases.method import directions as dirs
+
+  rows = dirs.materialize_directions(jax.random.key(3), jnp.arange(BIG_D), BIG_D)
+  return np.asarray(rows, np.float64)
+
+
+def solved_fraction(d: int, k: int) -> float:
+  """1 - min over theta_0 + span(phi_1..phi_d) of |U^T theta - b|^2 / |U^T theta_0 - b|^2.
+
+  U: k orthonormal directions, theta_0 = 0; the minimum is exact (least squares).
+  """
+  rng = np.random.default_rng(k)
+  directions, _ = np.linalg.qr(rng.standard_normal((BIG_D, k)))
+  target = rng.standard_normal(k)
+  reduced = directions.T @ unit_directions()[:d].T  # the loss's k numbers against c: [k, d]
+  coefficients = np.linalg.lstsq(reduced, target, rcond=None)[0]
+  residual = reduced @ coefficients - target
+  return 1.0 - float(residual @ residual) / float(target @ target)
+
+
+@pytest.mark.parametrize("k", [1, 3, 7, 12, 40])
+def test_search_finds_the_dimension_of_a_rank_k_problem(k):
+  # The loss depends on theta only through U^T theta (k numbers): a subspace
+  # of d >= k random directions reaches every target, one of d < k does not
+  # (the part of b outside a random d-dimensional subspace of R^k is nonzero).
+  # With the full space solving it exactly (baseline 1), d_int at a fraction
+  # just below 1 is k.
+  grid = idim.geometric_grid(2, 64, 2, big_d=BIG_D)
+  fraction = 1 - 1e-6
+  tried = idim.search(
+    lambda d: solved_fraction(d, k),
+    grid=grid,
+    levels=[idim.threshold(1.0, fraction)],
+    big_d=BIG_D,
+    factor=2,
+    bisections=10,
+  )
+  est = idim.estimate({d: [a] for d, a in tried.items()}, baseline=1.0, fraction=fraction)
+  assert (est.lo, est.d_int) == ((k - 1, k) if k > 1 else (None, 1))
+  if k > 1:
+    assert tried[k - 1] < 1 - 1e-3  # well below: the crossing is sharp
+
+
+# --- the config and the command ----------------------------------------------------------------
+
+
+def test_config_refuses_bad_input_before_anything_runs():
+  module = config_module()
+  cases = {
+    "fractions=1.5": r"fraction=1.5 is outside \(0, 1\]",
+    "fractions=0": r"fraction=0.0 is outside \(0, 1\]",
+    "pairs=li_lenet-mnist,d_max=50000": r"d_max: d=50,000 is beyond D = 44,426",
+    "d_min=0": r"d_min: d=0 must be >= 1",
+    "factor=1.0": r"factor=1.0 must be a number > 1",
+    "pairs=resnet8-cifar10": r"pairs='resnet8-cifar10' is not supported; allowed values: 'fc-",
+    "methods=nes": r"methods='nes' is not supported; allowed values: 'fpd', 'rbd'",
+    "rate_rule=linear": r"rate_rule='linear' is not supported; allowed values: 'capped'",
+    "structure=sparse": r"structure='sparse' is not supported",
+    "bisections=-1": r"bisections=-1 must be an integer >= 0",
+  }
+  for arg, message in cases.items():
+    with pytest.raises(ValueError, match=message):
+      module.report(arg)
+
+
+def test_command_refuses_bad_input_before_training(tmp_path):
+  def never(config, workdir):
+    raise AssertionError("nothing may train")
+
+  with pytest.raises(ValueError, match=r"fraction=2.0 is outside \(0, 1\]"):
+    idim.run(
+      f"{CONFIG}:runlocal,fractions=2",
+      seeds=[0],
+      data=DataLocations({}, None),
+      workdir_root=str(tmp_path / "runs"),
+      results_dir=str(tmp_path / "results"),
+      allow_dirty=True,
+      train_fn=never,
+    )
+  assert not os.listdir(tmp_path)
+
+
+def test_rate_rules():
+  module = config_module()
+  tuned = learning_rates.rate("fc", "mnist", "fpd").log2
+  capped = module.parse("pairs=fc-mnist")
+  assert module.rate_at(capped, "fc", "mnist", "fpd", 1000).log2 == tuned - 2  # x 250 / 1000
+  assert module.rate_at(capped, "fc", "mnist", "fpd", 16).log2 == tuned  # not scaled up
+  scaled = module.parse("rate_rule=scaled")
+  assert module.rate_at(scaled, "fc", "mnist", "fpd", 16).log2 == tuned + 4  # round(log2 15.6)
+  fixed = module.parse("rate_rule=fixed")
+  assert module.rate_at(fixed, "fc", "mnist", "fpd", 4000).log2 == tuned
+  li = module.rate_at(capped, "li_fc", "mnist", "fpd", 250)
+  assert li.log2 == tuned and "borrowed from FC-MNIST" in li.source
+  given = module.parse("rates=fpd=-2")
+  assert module.rate_at(given, "li_lenet", "mnist", "fpd", 500).log2 == -3
+
+
+def test_entries_set_the_protocol_and_the_same_fields():
+  module = config_module()
+  arg = module.parse("pairs=fc-mnist+li_lenet-mnist,d_max=256")
+  entries = module.sweep("pairs=fc-mnist+li_lenet-mnist,d_max=256")
+  names = [e["name"] for e in entries]
+  assert names[:4] == [
+    "FC-MNIST SGD",
+    "FC-MNIST FPD d = 16",
+    "FC-MNIST FPD d = 64",
+    "FC-MNIST FPD d = 256",
+  ]
+  assert len(names) == len(set(names)) == 2 * (1 + 2 * 3)
+  assert {frozenset(k for k in e if "." in k or k in ("model", "method")) for e in entries} == {
+    frozenset(module.ENTRY_FIELDS)
+  }
+  lenet = module.point(arg, "li_lenet", "mnist", "rbd", 100)
+  assert (lenet["train.batch_size"], lenet["data.holdout"], lenet["data.augment"]) == (
+    128, "none", False,
+  )  # fmt: skip
+  assert (lenet["bases.d"], lenet["bases.structure"], lenet["x"]) == (100, "srht", 100)
+  report = module.report("pairs=fc-mnist+li_fc-mnist")
+  pairs = report["intrinsic_dimension"]["pairs"]
+  assert [(p["D"], p["metric"], p["published"]) for p in pairs] == [
+    (101_770, "validation_accuracy", None),
+    (199_210, "test_accuracy", 750),
+  ]
+  assert module.LI_PUBLISHED == {("li_fc", "mnist"): 750, ("li_lenet", "mnist"): 290}
+
+
+def fake_trainer(step_at_seed: dict[int, int], trained: list):
+  """A train_fn that writes one epoch whose accuracy is a step in d: 0.95 from step_at_seed[seed].
+
+  SGD gets 1.0, so the 0.9 threshold is 0.9; nothing is computed.
+  """
+
+  def train_fn(config, workdir):
+    trained.append(os.path.basename(workdir))
+    if config.method == "sgd":
+      accuracy = 1.0
+    else:
+      accuracy = 0.95 if config.bases.d >= step_at_seed[config.seed] else 0.5
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+      f.write(json.dumps({"epoch": 1, "validation_accuracy": accuracy}) + "\n")
+    return {"stopped": None}
+
+  return train_fn
+
+
+def test_command_searches_with_runs_resumes_and_rebuilds_from_records(tmp_path, monkeypatch):
+  plots = []
+  monkeypatch.setattr(idim, "plot", lambda report, states, path: plots.append(path))
+  spec = f"{CONFIG}:runlocal,pairs=fc-mnist,methods=fpd,bisections=12"
+  kwargs = dict(
+    seeds=[0, 1],
+    data=DataLocations({}, None),
+    workdir_root=str(tmp_path / "runs"),
+    results_dir=str(tmp_path / "results"),
+    allow_dirty=True,
+  )
+  trained = []
+  written = idim.run(spec, train_fn=fake_trainer({0: 300, 1: 400}, trained), **kwargs)
+  # The reference: the same search on the mean of the two seeds' steps.
+  tried = idim.search(
+    lambda d: ((0.95 if d >= 300 else 0.5) + (0.95 if d >= 400 else 0.5)) / 2,
+    grid=[16, 64, 256, 1024, 4096, 16384],
+    levels=[0.9],
+    big_d=101_770,
+    factor=4,
+    bisections=12,
+  )
+  assert idim.bracket(tried, 0.9) == (399, 400)
+  assert len(trained) == 2 * (1 + len(tried))  # every (d, seed) and the baselines, once each
+  text = pathlib.Path(written[0]).read_text()
+  seed_0 = min(d for d in tried if d >= 300)
+  row = (
+    "| FC-MNIST | 101,770 | validation accuracy | 100.00 \u00b1 0.00 | FPD | 0.9 | 90.00 | "
+    f"400 (bracket 399..400) | 400 | {idim.log_spread([seed_0, 400])} | \u2014 |"
+  )
+  assert row in text
+  assert "| FPD | 362 | 72.50 \u00b1 31.82 | 2 finished |" in text
+  records = os.path.join(str(tmp_path / "results"), "runs", os.path.basename(written[0])[:-3])
+  assert len(os.listdir(records)) == len(trained)
+  assert plots and plots[-1] == written[1]
+
+  def never(config, workdir):
+    raise AssertionError("a done run was trained again")
+
+  # A rerun trains nothing; with the workdirs gone, the records rebuild the same table.
+  assert idim.run(spec, train_fn=never, **kwargs) == written
+  assert row in pathlib.Path(written[0]).read_text()
+  shutil.rmtree(tmp_path / "runs")
+  idim.run(spec, train_fn=never, **kwargs)
+  assert row in pathlib.Path(written[0]).read_text()
