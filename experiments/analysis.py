@@ -148,6 +148,9 @@ def analyse(report: dict, runs: list[runs_lib.Run], *, train_fn, header, results
 
   os.makedirs(results_dir, exist_ok=True)
   spec = report["analysis"]
+  # The landscape trains its runs; probe first so that the header's code and
+  # wall time of the runs count them.
+  per_seed = [landscape(run, spec, train_fn) for run in runs] if spec["kind"] == "landscape" else []
   lines = results_lib.head(report, header, [runs_lib.run_result(r).status for r in runs])
   lines.append("")
   plot_path = os.path.join(results_dir, f"{report['name']}_{spec['kind']}.png")
@@ -167,7 +170,6 @@ def analyse(report: dict, runs: list[runs_lib.Run], *, train_fn, header, results
         )
     plots.orthogonality(data, plot_path)
   elif spec["kind"] == "landscape":
-    per_seed = [landscape(run, spec, train_fn) for run in runs]
     alphas = np.linspace(-spec["radius"], spec["radius"], spec["points"])
     data = {"alphas": alphas.tolist(), "directions": spec["directions"], "loss": {}, "std": {}}
     for distribution in spec["distributions"]:

@@ -773,6 +773,33 @@ def test_landscape_is_the_loss_along_unit_directions_and_is_kept(tmp_path):
   assert analysis.landscape(run, spec, lambda *a: pytest.fail("recomputed")) == curves
 
 
+def test_landscape_file_header_counts_the_run_it_just_trained(tmp_path):
+  # Before: the header was written before the probe trained, so a fresh Fig. 2
+  # said "Code of the runs: no run has ended yet" and "0 finished run(s)".
+  model = models.create_model("fc")
+  params = models.init_variables(model, key=jax.random.key(3), input_shape=(28, 28, 1))["params"]
+
+  def trained_to(config, workdir):
+    os.makedirs(workdir, exist_ok=True)
+    return {"state": {"params": params, "batch_stats": {}}, "history": [], "stopped": None}
+
+  reproduce.reproduce(
+    f"{ROOT / 'configs' / 'fig2.py'}:runlocal,directions=2",
+    seeds=[0],
+    data=runs.DataLocations({}, None),
+    workdir_root=str(tmp_path / "runs"),
+    results_dir=str(tmp_path / "results"),
+    allow_dirty=True,
+    train_fn=trained_to,
+  )
+  (written,) = (tmp_path / "results").glob("*.md")
+  lines = written.read_text().splitlines()
+  assert any(line.startswith("- Code of the runs: ") and "(1 run)" in line for line in lines)
+  assert any(
+    line.startswith("- Wall time: ") and "over 1 finished run(s)" in line for line in lines
+  )
+
+
 def test_against_plot_draws_means_over_seeds_and_the_reference(tmp_path):
   def row(name, x, accuracies):
     found = []
