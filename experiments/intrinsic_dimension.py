@@ -595,7 +595,7 @@ def run(
     )
 
   def runs_of(entry: dict) -> list:
-    return [sweep.run(entry, seed, data=data, workdir_root=workdir_root) for seed in seeds]
+    return sweep.runs_of(entry, seeds, data=data, workdir_root=workdir_root)
 
   for entry in sweep.entries:  # every known run's config checked before anything trains
     runs_of(entry)

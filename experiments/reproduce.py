@@ -346,6 +346,15 @@ class Sweep:
       records_dir=self.records,
     )
 
+  def runs_of(
+    self, entry: dict, seeds: list[int], *, data: DataLocations, workdir_root: str
+  ) -> list[Run]:
+    """``entry``'s runs, one per seed it asks for (``common.entry_seeds``: maybe fewer)."""
+    return [
+      self.run(entry, seed, data=data, workdir_root=workdir_root)
+      for seed in common.entry_seeds(entry, seeds)
+    ]
+
 
 def reproduce(
   spec: str,
@@ -383,10 +392,7 @@ def reproduce(
     )
 
   def runs_of(entry: dict) -> list[Run]:
-    return [
-      sweep.run(entry, seed, data=data, workdir_root=workdir_root)
-      for seed in common.entry_seeds(entry, seeds)  # an entry may ask for fewer seeds
-    ]
+    return sweep.runs_of(entry, seeds, data=data, workdir_root=workdir_root)
 
   runs = [run for entry in sweep.entries for run in runs_of(entry)]  # all checked before any runs
   require_clean(allow_dirty)
@@ -444,9 +450,9 @@ def status(
   """Prints and returns each run's state (``launch.sweep_state``); writes nothing."""
   sweep = Sweep.load(spec, only=only, results_dir=results_dir, records_dir=records_dir)
   runs = [
-    launch.absolute(sweep.run(entry, seed, data=data, workdir_root=workdir_root))
+    launch.absolute(run)
     for entry in sweep.entries
-    for seed in common.entry_seeds(entry, seeds)
+    for run in sweep.runs_of(entry, seeds, data=data, workdir_root=workdir_root)
   ]
   folder = launch.jobs_dir(workdir_root, sweep.report["name"])
   states = launch.sweep_state(runs, folder)
