@@ -268,13 +268,13 @@ EXAMPLE_RUNS = {
   ),
   # Fig. B.8 trains nothing: the base config.
   "figb8.py": dict(model="fc", dataset="mnist", method="rbd", d=250, lr=1, epochs=1),
-  # Fig. B.10: 5 layers x 250 at CNN-MNIST's 2^4 times 250 / 1,250 = 2^2.
+  # Fig. B.10: 5 layers x 250 at CNN-MNIST's 2^3 times 250 / 1,250 = 2^0.68, rounded to 2^1.
   "figb10.py": dict(
     model="cnn",
     dataset="mnist",
     method="rbd",
     d=250,
-    lr=2,
+    lr=1,
     epochs=100,
     compartments="module",
     allocation="fixed",
@@ -564,3 +564,17 @@ def test_figb7_plots_the_whole_vector_correlation_against_its_formula():
   assert spec["metrics"] == ["validation_accuracy", "correlation_mean", "correlation_whole"]
   # results/README.md, claim 5: D = 122,570 for the CNN on CIFAR-10.
   assert spec["geometry"] == {"metric": "correlation_whole", "D": 122_570}
+
+
+def test_tuned_rates_are_the_ones_results_table4_prints():
+  """TUNED is copied from results/table4.md's "For configs/learning_rates.py
+  (TUNED)" lines: a rerun of the search that changes a rate must change the
+  dict (and so rerun the rows that use it), never leave the two apart."""
+  text = (ROOT / "results" / "table4.md").read_text()
+  block = text.split("For configs/learning_rates.py (TUNED):")[1]
+  block = block.split("```python")[1].split("```")[0]
+  printed = {}
+  for line in block.strip().splitlines():
+    key, log2 = line.split("#")[0].strip().rstrip(",").rsplit(":", 1)
+    printed[eval(key)] = int(log2)  # noqa: S307 -- a tuple literal from our own file
+  assert printed == learning_rates.TUNED
