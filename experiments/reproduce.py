@@ -89,6 +89,7 @@ from experiments.runs import (
   code_state,
   disagreements,
   execute,
+  is_done,
   make_run,
   read_records,
   require_clean,
@@ -356,6 +357,22 @@ class Sweep:
     ]
 
 
+def check_devices(runs: list[Run]) -> None:
+  """Refuses, before anything runs, a sweep whose unfinished runs need more workers' devices
+  than this process has (K workers train on K devices; the trainer would stop at that run)."""
+  todo = [run for run in runs if not is_done(run)]
+  if not todo:
+    return
+  widest = max(todo, key=lambda run: run.config.workers)
+  needed, devices = widest.config.workers, jax.devices()
+  if needed > len(devices):
+    raise ValueError(
+      f"workers={needed} (run {widest.name!r}) needs {needed} devices, but this process has "
+      f"{len(devices)} {devices[0].platform} device(s); on CPU start the runner with "
+      f"XLA_FLAGS=--xla_force_host_platform_device_count={needed}"
+    )
+
+
 def reproduce(
   spec: str,
   *,
@@ -396,6 +413,8 @@ def reproduce(
 
   runs = [run for entry in sweep.entries for run in runs_of(entry)]  # all checked before any runs
   require_clean(allow_dirty)
+  if cluster is None:
+    check_devices(runs)
   logging.info(
     "Results file: %s; run records: %s",
     os.path.join(results_dir, f"{report['name']}.md"),

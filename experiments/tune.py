@@ -24,6 +24,12 @@ workdir and record, skipped when done, resumed when killed), so an
 interrupted search picks up where it stopped, and its table is rewritten
 from the records alone when the workdirs are gone. The chosen rates are printed as the lines of
 configs/learning_rates.py TUNED, the one place the table configs read them.
+
+Two processes may run the same search (two shells, two machines on one file
+system): a group whose next trial the other process trains now is put aside
+and taken up again after the other groups; when every group left waits on
+the other process, this one polls until that trial is done and reads its
+result, so the two share the groups and neither trains a run twice.
 """
 
 from __future__ import annotations
@@ -38,6 +44,19 @@ from absl import logging
 from configs import common, learning_rates
 from experiments import results as results_lib
 from experiments import runs as runs_lib
+from random_bases import workdir as workdir_lib
+
+# How long a search whose every remaining group waits on another process
+# sleeps before it looks again.
+HELD_POLL_SECONDS = 30.0
+
+
+class TrialHeld(Exception):
+  """Another process trains a run of the trial this search needs next."""
+
+
+def _wait_for_other_process(seconds: float) -> None:
+  time.sleep(seconds)
 
 
 def best_rate(losses: dict[int, float]) -> int | None:
@@ -205,57 +224,99 @@ def tune(
   progress = runs_lib.Progress(sum(not runs_lib.is_done(r) for r in runs))
   searched: dict[str, dict] = {}
   written: list[str] = []
+  trained = 0  # runs this process trained, to tell waiting from progress
 
   def run_trial(trial: list[runs_lib.Run]) -> None:
-    """Trains the trial's unfinished runs (one per seed); finished ones are skipped."""
+    """Trains the trial's unfinished runs (one per seed); raises TrialHeld if another holds one."""
+    nonlocal trained
     runs_lib.export_records(trial)
     for run in trial:
       if not runs_lib.is_done(run):
         progress.start(run)
         tic = time.perf_counter()
-        status, _ = runs_lib.execute(run, train_fn)
+        try:
+          status, _ = runs_lib.execute(run, train_fn)
+        except workdir_lib.WorkdirLocked as e:
+          progress.skip(run, f"held by another process ({run.workdir}); back to it later")
+          raise TrialHeld(run.workdir) from e
         progress.finish(run, time.perf_counter() - tic, status)
+        trained += 1
 
   halving = spec.get("search", "coarse") == "halving"
-  for group, group_runs in groups.items():
-    template = group_runs[0].entry
-    if halving:
-      searched[group] = _halve_group(template, group_runs, spec, runs_of, run_trial, progress)
-      written = write_halving(report, searched, header, results_dir)
-      continue
-    by_rate: dict[int, list[runs_lib.Run]] = {}
-    for run in group_runs:
-      by_rate.setdefault(run.entry["log2_rate"], []).append(run)
-
-    def loss_at(log2: int, template=template, by_rate=by_rate) -> float:
-      if log2 not in by_rate:
-        by_rate[log2] = runs_of(trial_entry(template, log2))
-        progress.grow(sum(not runs_lib.is_done(r) for r in by_rate[log2]))
-      run_trial(by_rate[log2])
-      return trial_loss(by_rate[log2], spec["metric"])
-
-    coarse = sorted(by_rate)
-    losses = search(loss_at, coarse=coarse, lo=spec["lo"], hi=spec["hi"])
-    searched[group] = {"entry": template, "losses": losses, "runs": by_rate}
-    logging.info(
-      "%s: best 2^%s (%s)",
-      group,
-      best_rate(losses),
-      ", ".join(f"2^{k}: {v:.4g}" for k, v in sorted(losses.items())),
-    )
-    written = write(report, searched, header, results_dir)  # each group when it is done
+  # Each group's trials, kept across retries so a refinement is planned once.
+  trials_of: dict[str, dict] = {group: {} for group in groups}
+  pending = list(groups)
+  while pending:
+    held, trained_before = [], trained
+    for group in pending:
+      try:
+        if halving:
+          searched[group] = _halve_group(
+            groups[group], spec, runs_of, run_trial, progress, trials_of[group]
+          )
+        else:
+          searched[group] = _search_group(
+            groups[group], spec, runs_of, run_trial, progress, trials_of[group]
+          )
+      except TrialHeld:
+        held.append(group)
+        continue
+      # Each group's result is written when it is done, in the sweep's order of groups.
+      done = {g: searched[g] for g in groups if g in searched}
+      written = (write_halving if halving else write)(report, done, header, results_dir)
+    if held and trained == trained_before:
+      logging.info(
+        "%d group(s) wait on trials another process trains (%s); looking again in %.0f s",
+        len(held),
+        ", ".join(held),
+        HELD_POLL_SECONDS,
+      )
+      _wait_for_other_process(HELD_POLL_SECONDS)
+    pending = held
   return written
 
 
-def _halve_group(template, group_runs, spec, runs_of, run_trial, progress) -> dict:
+def _search_group(group_runs, spec, runs_of, run_trial, progress, by_rate) -> dict:
+  """One group's coarse-to-fine search: {"entry", "losses" {log2: loss}, "runs"}.
+
+  ``by_rate`` maps log2 to the trial's runs (one per seed); filled here and
+  kept by the caller, so a search retried after a held trial plans nothing twice.
+  """
+  template = group_runs[0].entry
+  if not by_rate:
+    for run in group_runs:
+      by_rate.setdefault(run.entry["log2_rate"], []).append(run)
+  coarse = sorted({run.entry["log2_rate"] for run in group_runs})
+
+  def loss_at(log2: int) -> float:
+    if log2 not in by_rate:
+      by_rate[log2] = runs_of(trial_entry(template, log2))
+      progress.grow(sum(not runs_lib.is_done(r) for r in by_rate[log2]))
+    run_trial(by_rate[log2])
+    return trial_loss(by_rate[log2], spec["metric"])
+
+  losses = search(loss_at, coarse=coarse, lo=spec["lo"], hi=spec["hi"])
+  logging.info(
+    "%s: best 2^%s (%s)",
+    template["group"],
+    best_rate(losses),
+    ", ".join(f"2^{k}: {v:.4g}" for k, v in sorted(losses.items())),
+  )
+  return {"entry": template, "losses": losses, "runs": by_rate}
+
+
+def _halve_group(group_runs, spec, runs_of, run_trial, progress, trials) -> dict:
   """One group's successive halving: {"entry", "table" {epochs: {log2: loss}}, "runs"}.
 
-  ``runs`` maps (log2, epochs) to the trial's runs; the runs of one rate at
-  every length share a workdir, each longer trial extending the shorter one.
+  ``trials`` maps (log2, epochs) to the trial's runs (filled here, kept by the
+  caller across retries); the runs of one rate at every length share a
+  workdir, each longer trial extending the shorter one.
   """
-  trials: dict[tuple[int, int], list[runs_lib.Run]] = {}
-  for run in group_runs:
-    trials.setdefault((run.entry["log2_rate"], run.entry["train.epochs"]), []).append(run)
+  template = group_runs[0].entry
+  if not trials:
+    for run in group_runs:
+      trials.setdefault((run.entry["log2_rate"], run.entry["train.epochs"]), []).append(run)
+  first = {run.entry["log2_rate"] for run in group_runs}
 
   def loss_at(log2: int, epochs: int) -> float:
     if (log2, epochs) not in trials:
@@ -266,7 +327,7 @@ def _halve_group(template, group_runs, spec, runs_of, run_trial, progress) -> di
 
   table = successive_halving(
     loss_at,
-    rates=sorted({k for k, _ in trials}),
+    rates=sorted(first),
     lengths=spec["rungs"],
     keep=spec["keep"],
     floor=spec["floor"],

@@ -5,11 +5,12 @@ import math
 import pathlib
 import re
 
+import jax
 import pytest
 
 from configs import common, learning_rates
 from experiments import reproduce
-from random_bases import config_lib, train
+from random_bases import config_lib, distributed, train
 from random_bases.method import compartments as comp_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -29,6 +30,7 @@ def test_every_table_and_figure_has_a_config():
     "fig2.py",
     "fig3.py",
     "fig4.py",
+    "fig5.py",
     "figb10.py",
     "figb13.py",
     "figb15.py",
@@ -267,6 +269,8 @@ EXAMPLE_RUNS = {
     model="cnn", dataset="cifar10", method="rbd", d=1000, lr=3, epochs=100, correlation=True
   ),
   # Fig. B.8 trains nothing: the base config.
+  # Fig. 5: 8 workers of RBD at FC-MNIST's one-worker rate.
+  "fig5.py": dict(model="fc", dataset="mnist", method="rbd", d=250, lr=4, epochs=100, workers=8),
   "figb8.py": dict(model="fc", dataset="mnist", method="rbd", d=250, lr=1, epochs=1),
   # Fig. B.10: 5 layers x 250 at CNN-MNIST's 2^3 times 250 / 1,250 = 2^0.68, rounded to 2^1.
   "figb10.py": dict(
@@ -346,7 +350,11 @@ def test_runlocal_trains_a_few_steps(name, tmp_path):
   assert config.data.holdout == ("tune" if tune else "validation")
   assert config.train.early_stopping is False
 
-  result = train.train_and_evaluate(config, str(tmp_path))
+  assert config.workers == want.get("workers", 1)
+  # This process has one device: K workers run vmapped on a mesh of it (test_workers.py
+  # checks that against K devices).
+  mesh = None if config.workers == 1 else jax.make_mesh((1,), (distributed.WORKER_AXIS,))
+  result = train.train_and_evaluate(config, str(tmp_path), mesh=mesh)
   (record,) = result["history"]
   assert (record["epoch"], record["step"], record["method"]) == (1, 3, want["method"])
   assert int(result["state"]["step"]) == 3

@@ -831,3 +831,23 @@ def test_against_plot_draws_means_over_seeds_and_the_reference(tmp_path):
   assert lines["SGD"].get_ydata()[0] == pytest.approx(80.0)
   assert lines["90 % of SGD"].get_ydata()[0] == pytest.approx(72.0)
   assert ax.get_xscale() == "log" and ax.get_xlabel() == "d"
+
+
+def test_a_sweep_needing_more_workers_devices_than_there_are_is_refused_before_it_runs(tmp_path):
+  # Fig. 5 asks for 8 and 16 workers; this process has one CPU device.
+  trainer = Counting(allowed=0)
+  with pytest.raises(ValueError) as e:
+    reproduce.reproduce(
+      f"{ROOT / 'configs' / 'fig5.py'}:runlocal",
+      seeds=[0],
+      data=runs.DataLocations({}, None),
+      workdir_root=str(tmp_path / "runs"),
+      results_dir=str(tmp_path / "results"),
+      allow_dirty=True,
+      train_fn=trainer,
+    )
+  assert str(e.value) == (
+    "workers=16 (run 'RBD K = 16') needs 16 devices, but this process has 1 cpu device(s); "
+    "on CPU start the runner with XLA_FLAGS=--xla_force_host_platform_device_count=16"
+  )
+  assert trainer.calls == [] and not (tmp_path / "runs").exists()

@@ -10,6 +10,7 @@ import pytest
 
 from experiments import reproduce, runs, tune
 from random_bases import train
+from random_bases import workdir as workdir_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -178,3 +179,62 @@ def test_halving_search_writes_every_length_and_resumes_without_rerunning(tmp_pa
   shutil.rmtree(tmp_path / "runs")
   reproduce.reproduce(spec, **kwargs, train_fn=fake)
   assert len(calls) == count
+
+
+def test_a_group_whose_trial_another_process_trains_waits_and_no_run_trains_twice(
+  tmp_path, monkeypatch
+):
+  """Two processes on one search: the second puts a group aside while the first trains
+  its trial, searches the other group, then polls until that trial is done and reads it."""
+  spec = (
+    f"{ROOT / 'configs' / 'table4.py'}:runlocal,search=halving,pairs=fc-mnist,"
+    "methods=sgd+rbd,lo=-2,hi=4,stride=1,rungs=1+4"
+  )
+  data = runs.DataLocations({}, None)
+  kwargs = dict(
+    seeds=[0],
+    data=data,
+    workdir_root=str(tmp_path / "runs"),
+    results_dir=str(tmp_path / "results"),
+    allow_dirty=True,
+  )
+  module = reproduce.load_config_module(spec.split(":")[0])
+  arg = spec.split(":", 1)[1]
+  sgd_first = runs.make_run(
+    module, arg, module.sweep(arg)[0], 0, data=data, workdir_root=str(tmp_path / "runs")
+  )
+  assert sgd_first.name == "FC-MNIST SGD 2^-2"
+  other = workdir_lib.Workdir(sgd_first.workdir)  # the first process trains it now
+  other.claim()
+  calls = []
+  fake = halving_trainer(calls)
+
+  def claims_its_workdir(config, workdir):  # as train.train_and_evaluate does first
+    held = workdir_lib.Workdir(workdir)
+    held.claim()
+    try:
+      return fake(config, workdir)
+    finally:
+      held.release()
+
+  waits = []
+
+  def other_process_finishes(seconds):
+    waits.append(seconds)
+    other.release()
+    runs.execute(sgd_first, fake)  # the first process ends the trial (status, record)
+
+  monkeypatch.setattr(tune, "_wait_for_other_process", other_process_finishes)
+  written = reproduce.reproduce(spec, **kwargs, train_fn=claims_its_workdir)
+  assert waits == [tune.HELD_POLL_SECONDS]  # waited once, when only SGD was left
+  # Runlocal lengths are 1 and 2 epochs; 7 rates, ceil(7 / 3) = 3 carried on.
+  rbd = [(k, 1) for k in range(-2, 5)] + [(1, 2), (2, 2), (3, 2)]
+  assert calls[:7] == rbd[:7]  # RBD's first length while SGD waits on its first trial
+  # then RBD's carried trials, then (other process) SGD 2^-2, then the rest of SGD.
+  assert calls[7:10] == rbd[7:] and calls[10] == (-2, 1)
+  # SGD's other six rates at length 1 follow; 2^-2 is not trained again. 20 in all.
+  assert calls[11:17] == [(k, 1) for k in range(-1, 5)] and len(calls) == 10 + 7 + 3
+  # The file lists the groups in the sweep's order, whichever finished first.
+  lines = pathlib.Path(written[0]).read_text().splitlines()
+  rows = [line for line in lines if line.startswith("| FC | MNIST |")]
+  assert [row.split("|")[3].strip() for row in rows] == ["SGD", "RBD"]
