@@ -92,7 +92,7 @@ TUNED: dict[tuple, int] = {
 
 # Ours at length: (model, dataset, method, d, structure) -> applied log2, copied from the
 # "For configs/learning_rates.py (TUNED_AT_LENGTH)" lines of the halving search's results
-# file (results/table4@search=halving,...md, which states the lengths and the command).
+# file (results/table4_at_length.md, which states the lengths and the command).
 # SGD keys have d = structure = None (``length_key``). Empty until that search has run.
 TUNED_AT_LENGTH: dict[tuple, int] = {}
 

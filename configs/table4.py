@@ -221,7 +221,8 @@ def report(arg=None):
   arg = _parse(arg)
   if _search(arg) == "halving":
     return {
-      "name": common.results_name("table4", arg),
+      # Its own file: the coarse search's table4.md feeds TUNED, this one TUNED_AT_LENGTH.
+      "name": common.results_name("table4_at_length", arg),
       "title": "Table 4 at length: learning rates by successive halving (log2 of the applied step)",
       "scale": common.scale_note(arg, epochs=1, paper_scale=False),
       "tune": {"lo": PAPER_LO, "hi": PAPER_HI, "metric": "heldout_loss", **_halving_spec(arg)},
