@@ -344,12 +344,16 @@ def read_records(folder: str) -> dict[str, dict]:
 
 
 def run_result(run: Run) -> results_lib.RunResult:
-  """The run as its workdir holds it, else, with nothing there, as its record does."""
+  """The run as its record holds it, unless its workdir has gone further (or it has none).
+
+  The record is what the results file regenerates from, so it wins over a
+  workdir of the same length: another results file's run of the same config,
+  trained from other code, shares the workdir and must not change this file's
+  header. A workdir with more epochs (a run extended since its record) wins.
+  """
   found = read_workdir(run.workdir, run.seed)
-  if found.metrics or found.status or run.record is None:
-    return found
-  record = _read_json(run.record)
-  if record is None:
+  record = _read_json(run.record) if run.record else None
+  if record is None or len(found.metrics) > len(record["metrics"]):
     return found
   return results_lib.RunResult(
     seed=run.seed,

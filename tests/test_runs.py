@@ -255,3 +255,26 @@ def test_a_run_is_bit_identical_in_two_fresh_processes(tmp_path):
   assert untimed == [
     json.dumps({k: v for k, v in m.items() if not runs.is_timing(k)}) for m in second["metrics"]
   ]
+
+
+def test_a_record_wins_over_a_workdir_of_the_same_length_that_another_file_trained(tmp_path):
+  """Two results files share a config, so a workdir: the one trained later, from other code,
+  must not change the first file's run (its header's commit, its times); only a workdir
+  that has gone further than the record (an extended run) is newer."""
+  workdir, record = tmp_path / "w", tmp_path / "records" / "w.json"
+  run = runs.Run(entry={"name": "R"}, seed=0, config=None, workdir=str(workdir), record=str(record))
+  rows = [{"epoch": 1, "validation_accuracy": 0.5, "epoch_seconds": 70.0}]
+  record.parent.mkdir()
+  status = {"status": "finished", "epochs": 1, "commit": "aaaaaaa", "clean": True}
+  record.write_text(json.dumps({"metrics": rows, "status": status, "data": None}))
+  workdir.mkdir()
+  later = [{**rows[0], "epoch_seconds": 220.0}]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in later))
+  (workdir / runs.STATUS_FILE).write_text(json.dumps({**status, "commit": "bbbbbbb"}))
+  found = runs.run_result(run)
+  assert (found.status["commit"], found.metrics) == ("aaaaaaa", rows)
+  more = [*later, {"epoch": 2, "validation_accuracy": 0.6, "epoch_seconds": 70.0}]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in more))
+  assert runs.run_result(run).metrics == more
+  record.unlink()
+  assert runs.run_result(run).status["commit"] == "bbbbbbb"
