@@ -531,6 +531,31 @@ def verify_run(run: Run, recorded: dict, *, metric: str, now: CodeState, train_f
   return differ
 
 
+def check_same_devices(runs: list[Run], records: dict[str, dict]) -> None:
+  """Refuses to rerun a run recorded in a process with another number of devices.
+
+  On CPU, XLA splits a computation's work by the process's device count
+  (``--xla_force_host_platform_device_count``), so one run's floats differ
+  between a 1-device and a 16-device process (Fig. 5's records were made
+  with 16). Records from before the count was kept are not checked.
+  """
+  have = jax.device_count()
+  for run in runs:
+    status = records[os.path.basename(run.workdir)]["status"]
+    recorded = status.get("devices")
+    if recorded is not None and recorded != have:
+      raise ValueError(
+        f"{run.name}, seed {run.seed} was recorded in a process with {recorded} "
+        f"{status.get('platform', '')} device(s) and this one has {have}: the numbers depend on "
+        "it; rerun --verify with as many"
+        + (
+          f" (on CPU: XLA_FLAGS=--xla_force_host_platform_device_count={recorded})"
+          if status.get("platform") == "cpu"
+          else ""
+        )
+      )
+
+
 def verify(
   spec: str,
   *,
@@ -555,8 +580,9 @@ def verify(
     Each run rerun, with what of it differs from its record (nothing: agrees).
 
   Raises:
-    ValueError: the sweep has no records, or the working tree differs from
-      its commit and not ``allow_dirty``, before anything runs.
+    ValueError: the sweep has no records, the working tree differs from its
+      commit and not ``allow_dirty``, or a chosen run was recorded with another
+      number of devices (``check_same_devices``), before anything runs.
   """
   if cells < 1:
     raise ValueError(f"--verify={cells}: the number of runs to rerun must be at least 1")
@@ -572,6 +598,7 @@ def verify(
     if stale:
       print(f"Records of runs this sweep no longer has (its config changed?): {', '.join(stale)}")
     chosen = runs[:cells]
+    check_same_devices(chosen, records)
     print(
       f"Rerunning {len(chosen)} of the {len(runs)} recorded runs of {sweep.report['name']} "
       f"(the first in sweep order) at {now.describe()}",

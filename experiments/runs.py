@@ -460,6 +460,10 @@ def execute(run: Run, train_fn: TrainFn) -> tuple[dict, dict | None]:
   status.update(
     epochs=run.config.train.epochs,
     **code_state().status(),
+    # On CPU the numbers depend on the process's device count (XLA splits its work by
+    # it): --verify reruns in a process with as many.
+    devices=jax.device_count(),
+    platform=jax.devices()[0].platform,
     wall_seconds=before.get("wall_seconds", 0.0) + time.perf_counter() - start,
     ended=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   )

@@ -530,6 +530,33 @@ def test_verify_says_which_rerun_differs_from_a_tampered_record_and_exits_1(reco
   assert read_record(root, sgd0) == record  # a rerun writes no record
 
 
+def test_verify_refuses_a_run_recorded_with_another_number_of_devices(recorded_copy, capsys):
+  """On CPU a run's floats depend on the process's device count (Fig. 5's K = 1 run, recorded
+  with 16 devices, differs when rerun with 1), so --verify says how to rerun it instead."""
+  root = recorded_copy
+  sgd0 = workdir_of(root, "SGD", 0)
+  record = read_record(root, sgd0)
+  assert (record["status"]["devices"], record["status"]["platform"]) == (1, "cpu")
+  record["status"]["devices"] = 16
+  with open(root / "results" / "runs" / "tiny" / f"{sgd0}.json", "w") as f:
+    json.dump(record, f)
+  with pytest.raises(ValueError) as e:
+    reproduce.verify(
+      str(root / "tiny.py"),
+      cells=1,
+      data=runs.DataLocations({}, None),
+      results_dir=str(root / "results"),
+      allow_dirty=True,
+      train_fn=Counting(allowed=0),
+    )
+  assert str(e.value) == (
+    "SGD, seed 0 was recorded in a process with 16 cpu device(s) and this one has 1: the "
+    "numbers depend on it; rerun --verify with as many (on CPU: "
+    "XLA_FLAGS=--xla_force_host_platform_device_count=16)"
+  )
+  assert "Rerunning" not in capsys.readouterr().out  # refused before anything ran
+
+
 def test_the_command_line_reports_errors_in_one_line(tmp_path):
   out = subprocess.run(
     [sys.executable, "-m", "experiments.reproduce", "--config=configs/nope.py"],
