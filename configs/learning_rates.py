@@ -93,8 +93,16 @@ TUNED: dict[tuple, int] = {
 # Ours at length: (model, dataset, method, d, structure) -> applied log2, copied from the
 # "For configs/learning_rates.py (TUNED_AT_LENGTH)" lines of the halving search's results
 # file (results/table4_at_length.md, which states the lengths and the command).
-# SGD keys have d = structure = None (``length_key``). Empty until that search has run.
-TUNED_AT_LENGTH: dict[tuple, int] = {}
+# SGD keys have d = structure = None (``length_key``).
+TUNED_AT_LENGTH: dict[tuple, int] = {
+  # The first groups of the search (run from 5481e97), final when their longest trials ended;
+  # the rest follow as the search finishes them.
+  ("fc", "mnist", "sgd", None, None): -3,  # heldout_loss 0.08935
+  ("fc", "mnist", "rbd", 250, "srht"): 1,  # heldout_loss 0.2975
+  ("fc", "mnist", "fpd", 250, "srht"): 2,  # heldout_loss 1.52
+  ("fc", "fashion_mnist", "sgd", None, None): -4,  # heldout_loss 0.4015
+  ("fc", "fashion_mnist", "rbd", 250, "srht"): 1,  # heldout_loss 0.6112
+}
 
 # NES has no rate in the paper. Its centred-rank update, sum_i u_i phi_i /
 # (sigma d) with u_i in [-0.5, 0.5], does not depend on the scale of the loss,
