@@ -109,5 +109,8 @@ def report(arg=None):
       "each on K batches of 32.",
       "The paper's claim: accuracy the same for 1, 8 and 16 workers. Its wall-clock "
       "scaling is not measured here: virtual CPU devices share the machine's cores.",
+      "Run with XLA_FLAGS=--xla_force_host_platform_device_count=16 (on CPU): the runs' "
+      "numbers depend on the process's device count (each record keeps it), so "
+      "--verify needs the same flag.",
     ],
   }
