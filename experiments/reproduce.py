@@ -587,20 +587,22 @@ def verify(
   if cells < 1:
     raise ValueError(f"--verify={cells}: the number of runs to rerun must be at least 1")
   sweep = Sweep.load(spec, only=only, results_dir=results_dir, records_dir=records_dir)
-  records = read_records(sweep.records)
+  # --only picks cells of the file the whole sweep writes, so the records are that file's.
+  whole = Sweep.load(spec, only="", results_dir=results_dir, records_dir=records_dir)
+  records = read_records(whole.records)
   if not records:
-    raise ValueError(f"no run records in {sweep.records}: the sweep writes them as its runs end")
+    raise ValueError(f"no run records in {whole.records}: the sweep writes them as its runs end")
   now = require_clean(allow_dirty)
   scratch = tempfile.mkdtemp(prefix="verify-")
   try:
     runs = recorded_runs(sweep, records, data=data, workdir_root=scratch)
     stale = sorted(set(records) - {os.path.basename(run.workdir) for run in runs})
-    if stale:
+    if stale and not only:
       print(f"Records of runs this sweep no longer has (its config changed?): {', '.join(stale)}")
     chosen = runs[:cells]
     check_same_devices(chosen, records)
     print(
-      f"Rerunning {len(chosen)} of the {len(runs)} recorded runs of {sweep.report['name']} "
+      f"Rerunning {len(chosen)} of the {len(runs)} recorded runs of {whole.report['name']} "
       f"(the first in sweep order) at {now.describe()}",
       flush=True,
     )

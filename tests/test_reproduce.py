@@ -493,6 +493,20 @@ def test_verify_reruns_the_first_recorded_runs_and_they_agree_bit_for_bit(record
   assert runs.read_records(str(recorded / "results" / "runs" / "tiny")) == records  # untouched
 
 
+def test_verify_with_only_reruns_the_cells_it_picks_from_the_whole_files_records(recorded, capsys):
+  found = reproduce.verify(
+    str(recorded / "tiny.py"),
+    cells=1,
+    data=runs.DataLocations({}, None),
+    results_dir=str(recorded / "results"),
+    only="^SGD$",
+    allow_dirty=True,
+  )
+  assert [(run.name, run.seed, differ) for run, differ in found] == [("SGD", 0, [])]
+  lines = capsys.readouterr().out.splitlines()
+  assert lines[0].startswith("Rerunning 1 of the 2 recorded runs of tiny (the first in sweep ")
+
+
 def test_verify_says_which_rerun_differs_from_a_tampered_record_and_exits_1(recorded_copy):
   root = recorded_copy
   sgd0 = workdir_of(root, "SGD", 0)
