@@ -444,7 +444,18 @@ def reproduce(
     )
   if "tune" in report:
     return tune.tune(
-      report, runs, runs_of=runs_of, train_fn=train_fn, header=head, results_dir=results_dir
+      report,
+      runs,
+      runs_of=runs_of,
+      train_fn=train_fn,
+      header=head,
+      results_dir=results_dir,
+      partial=partial,
+    )
+  if partial:
+    raise ValueError(
+      f"--partial without --launcher=submitit writes a tuner sweep's file from its finished "
+      f"trials; {report['name']} is not a tuner sweep (its file is written after each run)"
     )
   if "analysis" in report:
     return analysis.analyse(report, runs, train_fn=train_fn, header=head, results_dir=results_dir)
@@ -694,7 +705,10 @@ def _define_flags() -> None:
   )
   flags.DEFINE_integer("array_parallelism", 256, "submitit: jobs of one array running at once")
   flags.DEFINE_bool(
-    "partial", False, "submitit: with runs not done, write the results file from the done ones"
+    "partial",
+    False,
+    "with runs not done, write the results file from the done ones (submitit; locally, a "
+    "tuner sweep's file from its finished trials, training nothing)",
   )
   flags.DEFINE_bool("wait", False, "submitit: wait for the submitted jobs, then write the results")
 
@@ -710,7 +724,6 @@ SUBMITIT_FLAGS = (
   "nodes",
   "sbatch",
   "array_parallelism",
-  "partial",
   "wait",
 )
 

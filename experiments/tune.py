@@ -203,6 +203,7 @@ def tune(
   train_fn,
   header: list[tuple[str, str]],
   results_dir: str,
+  partial: bool = False,
 ) -> list[str]:
   """Searches every group of the sweep (the config's coarse trials) and writes the table.
 
@@ -213,6 +214,9 @@ def tune(
     train_fn: the trainer.
     header: the results file's header lines.
     results_dir: where table4.md and its plot go.
+    partial: train nothing: search each group only as far as its trials are
+      done, write the groups that got to the end, and name the others in the
+      file's "Partial" line (a long search's file from its records so far).
 
   Returns:
     The files written.
@@ -232,6 +236,8 @@ def tune(
     runs_lib.export_records(trial)
     for run in trial:
       if not runs_lib.is_done(run):
+        if partial:
+          raise TrialHeld(run.workdir)  # not trained here: the group stays unsearched
         progress.start(run)
         tic = time.perf_counter()
         try:
@@ -264,6 +270,14 @@ def tune(
       # Each group's result is written when it is done, in the sweep's order of groups.
       done = {g: searched[g] for g in groups if g in searched}
       written = (write_halving if halving else write)(report, done, header, results_dir)
+    if partial:
+      if held:
+        note = f"{len(groups) - len(held)} of {len(groups)} groups searched; not yet: "
+        done = {g: searched[g] for g in groups if g in searched}
+        written = (write_halving if halving else write)(
+          report, done, [*header, ("Partial", note + ", ".join(held))], results_dir
+        )
+      break
     if held and trained == trained_before:
       logging.info(
         "%d group(s) wait on trials another process trains (%s); looking again in %.0f s",
@@ -445,10 +459,14 @@ def write(
     )
   lines += ["", "For configs/learning_rates.py (TUNED):", "", "```python"] + snippet + ["```", ""]
   lines += ["Notes:", ""] + [f"- {n}" for n in report.get("notes", [])]
+  path = os.path.join(results_dir, f"{report['name']}.md")
   plot_path = os.path.join(results_dir, f"{report['name']}_tuning.png")
+  if not plot_groups:  # a partial file before any group has finished: nothing to draw
+    with open(path, "w") as f:
+      f.write("\n".join(lines))
+    return [path]
   plots.tuning(plot_groups, plot_path)
   lines += ["", f"![{os.path.basename(plot_path)}]({os.path.basename(plot_path)})", ""]
-  path = os.path.join(results_dir, f"{report['name']}.md")
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return [path, plot_path]
@@ -621,10 +639,14 @@ def write_halving(
     "",
   ]
   lines += ["Notes:", ""] + [f"- {n}" for n in report.get("notes", [])]
+  path = os.path.join(results_dir, f"{report['name']}.md")
   plot_path = os.path.join(results_dir, f"{report['name']}_tuning_lengths.png")
+  if not plot_groups:  # a partial file before any group has finished: nothing to draw
+    with open(path, "w") as f:
+      f.write("\n".join(lines))
+    return [path]
   plots.tuning_lengths(plot_groups, plot_path)
   lines += ["", f"![{os.path.basename(plot_path)}]({os.path.basename(plot_path)})", ""]
-  path = os.path.join(results_dir, f"{report['name']}.md")
   with open(path, "w") as f:
     f.write("\n".join(lines))
   return [path, plot_path]

@@ -148,6 +148,13 @@ def test_halving_search_writes_every_length_and_resumes_without_rerunning(tmp_pa
   # Length 1: all seven; 2 best (1), then 1 and 3 (2): ceil(7 / 3) = 3 go on. Killed in 2^2's
   # trial at length 2, after 2^1's.
   assert calls == [(k, 1) for k in range(-2, 5)] + [(1, 2)]
+  # --partial trains nothing and names the group its records do not finish.
+  (partial_file,) = reproduce.reproduce(
+    spec, **kwargs, train_fn=lambda *_: pytest.fail("trained"), partial=True
+  )
+  assert "- Partial: 0 of 1 groups searched; not yet: FC-MNIST RBD" in (
+    pathlib.Path(partial_file).read_text().splitlines()
+  )
   written = reproduce.reproduce(spec, **kwargs, train_fn=fake)
   # Resumed: no length-1 trial again, nor 2^1's finished length-2 trial. Length 2: 2^3
   # diverges, 2^1 (0.5) and 2^2 (1.0) go on (floor 2); length 3: 2^1 (0.667) beats 2^2.
