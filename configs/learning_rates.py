@@ -102,6 +102,8 @@ TUNED_AT_LENGTH: dict[tuple, int] = {
   ("fc", "mnist", "fpd", 250, "srht"): 2,  # heldout_loss 1.52
   ("fc", "fashion_mnist", "sgd", None, None): -4,  # heldout_loss 0.4015
   ("fc", "fashion_mnist", "rbd", 250, "srht"): 1,  # heldout_loss 0.6112
+  ("fc", "fashion_mnist", "fpd", 250, "srht"): 1,  # heldout_loss 1.04
+  ("fc", "cifar10", "sgd", None, None): -7,  # heldout_loss 1.473
 }
 
 # NES has no rate in the paper. Its centred-rank update, sum_i u_i phi_i /
