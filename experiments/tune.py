@@ -249,6 +249,13 @@ def tune(
         trained += 1
 
   halving = spec.get("search", "coarse") == "halving"
+  writer = write_halving if halving else write
+
+  def write_searched(extra: tuple[tuple[str, str], ...] = ()) -> list[str]:
+    """The file of the groups searched so far, in the sweep's order of groups."""
+    done = {g: searched[g] for g in groups if g in searched}
+    return writer(report, done, [*header, *extra], results_dir)
+
   # Each group's trials, kept across retries so a refinement is planned once.
   trials_of: dict[str, dict] = {group: {} for group in groups}
   pending = list(groups)
@@ -267,16 +274,11 @@ def tune(
       except TrialHeld:
         held.append(group)
         continue
-      # Each group's result is written when it is done, in the sweep's order of groups.
-      done = {g: searched[g] for g in groups if g in searched}
-      written = (write_halving if halving else write)(report, done, header, results_dir)
+      written = write_searched()  # each group's result when it is done
     if partial:
       if held:
         note = f"{len(groups) - len(held)} of {len(groups)} groups searched; not yet: "
-        done = {g: searched[g] for g in groups if g in searched}
-        written = (write_halving if halving else write)(
-          report, done, [*header, ("Partial", note + ", ".join(held))], results_dir
-        )
+        written = write_searched((("Partial", note + ", ".join(held)),))
       break
     if held and trained == trained_before:
       logging.info(
