@@ -104,6 +104,7 @@ TUNED_AT_LENGTH: dict[tuple, int] = {
   ("fc", "fashion_mnist", "rbd", 250, "srht"): 1,  # heldout_loss 0.6112
   ("fc", "fashion_mnist", "fpd", 250, "srht"): 1,  # heldout_loss 1.04
   ("fc", "cifar10", "sgd", None, None): -7,  # heldout_loss 1.473
+  ("fc", "cifar10", "rbd", 250, "srht"): -1,  # heldout_loss 1.919
 }
 
 # NES has no rate in the paper. Its centred-rank update, sum_i u_i phi_i /
