@@ -30,7 +30,8 @@ Entries, each with its rate and the rate's source, the paper's value beside it:
     True`` on the SGD baseline ``image`` component and on the ``rbd``
     component, from which FPD, run as ``rbd`` with ``reset_coordinates_each_step``
     and ``reset_base_each_step`` off in experiments/baseline/fpd.py, and NES
-    inherit it; see /work/h20_reference_findings.md). So these entries are a
+    inherit it; graphcore-research/random-bases, vendor/img/mixins/data/ applies the
+    augmentation to the training split only). So these entries are a
     diagnostic of how much augmentation costs at length, not the paper's setting.
 * NES on the FC pairs: ``nes_epochs`` epochs (each step costs d = 250
   forward passes), 1 seed, at configs/learning_rates.py's NES rate.
@@ -274,7 +275,8 @@ def report(arg=None):
     "Seeds: 'searched' rows run at the first 3 of --seeds, 'paper rate' rows at the first "
     f"{arg.paper_seeds}, every other row at the first one.",
     "Augmentation: the authors' code turns it on for every method (SGD, RBD, and FPD and NES "
-    "as variants of its rbd component; /work/h20_reference_findings.md). The 'no aug' rows "
+    "as variants of its rbd component: graphcore-research/random-bases, machinable.yaml and "
+    "experiments/baseline/fpd.py). The 'no aug' rows "
     "are a diagnostic, not the paper's setting.",
     f"Lengths: FC rows {arg.epochs or EPOCHS} epochs; NES {arg.nes_epochs} (d = {D} forward "
     f"passes a step); the dense anchor {arg.anchor_epochs}; the CNN rows {arg.cnn_epochs}.",
