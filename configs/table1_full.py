@@ -33,6 +33,9 @@ Entries, each with its rate and the rate's source, the paper's value beside it:
     inherit it; graphcore-research/random-bases, vendor/img/mixins/data/ applies the
     augmentation to the training split only). So these entries are a
     diagnostic of how much augmentation costs at length, not the paper's setting.
+  - ``paper rate, crop only`` / ``brightness only`` (FC-MNIST FPD): 1 seed
+    at Table 4's rate with one part of the augmentation (``data.augment_parts``),
+    to say which part costs FPD its accuracy.
 * NES on the FC pairs: ``nes_epochs`` epochs (each step costs d = 250
   forward passes), 1 seed, at configs/learning_rates.py's NES rate.
 * The dense anchor: FC-MNIST RBD and FPD with dense normal directions at
@@ -62,6 +65,9 @@ CNN_PAIRS = tuple(p for p in common.PAIRS if p[0] == "cnn")
 METHODS = ("fpd", "rbd", "sgd")  # Table 1's column order, NES apart
 D = 250
 STRUCTURES = ("srht", "dense", "fastfood")
+# FC-MNIST FPD at the paper's rate with one part of the augmentation each:
+# with all of it FPD levels off near 50 %, without any it matches the paper.
+FPD_ABLATION = ("crop", "brightness")
 # The searched rates: configs/table4.py's halving search over the FC rows.
 SEARCH_COMMAND = (
   "python -m experiments.reproduce --config=configs/table4.py:search=halving,"
@@ -125,6 +131,7 @@ def _cell(
   seeds: int,
   structure: str = "srht",
   augment: bool = True,
+  augment_parts: str = "all",
 ) -> dict:
   """One row: ``method`` on the pair at ``rate`` for ``epochs``, at the first ``seeds`` seeds."""
   pair = common.pair_name(model, dataset)
@@ -138,6 +145,7 @@ def _cell(
     "data.dataset": dataset,
     "method": method,
     "data.augment": augment,
+    "data.augment_parts": augment_parts,
     "train.epochs": epochs,
     "bases.d": D,
     f"learning_rate.{method}": rate.value,
@@ -222,6 +230,21 @@ def sweep(arg=None):
           augment=False,
         )
       )
+    if (model, dataset) == ("fc", "mnist"):
+      # Which part of the augmentation costs FPD its accuracy (FPD_ABLATION).
+      for part in FPD_ABLATION:
+        entries.append(
+          _cell(
+            model,
+            dataset,
+            "fpd",
+            paper_rate(model, dataset, "fpd"),
+            what=f"paper rate, {part} only",
+            epochs=fc_epochs,
+            seeds=1,
+            augment_parts=part,
+          )
+        )
     nes = learning_rates.rate(model, dataset, "nes", d=D)
     entries.append(
       _cell(

@@ -22,7 +22,7 @@ import jax
 import ml_collections
 
 from random_bases import checks, models
-from random_bases.data import sources
+from random_bases.data import preprocess, sources
 from random_bases.method import compartments as comp_lib
 from random_bases.method import directions as dirs
 from random_bases.method import nes as nes_lib
@@ -80,6 +80,12 @@ FIELDS: tuple[Field, ...] = (
   ),
   Field("data.holdout_seed", 0, "seeds the choice of the held-out images"),
   Field("data.augment", True, "PAPER.md's random crop and brightness (flip for CIFAR-10)"),
+  Field(
+    "data.augment_parts",
+    "all",
+    "with data.augment, the parts applied (an ablation): all, or +-joined from crop and "
+    "brightness ((F)MNIST) or crop and flip (CIFAR-10); a left-out part is its identity",
+  ),
   Field("method", "rbd", "sgd | rbd | fpd | nes, for the whole run unless `phases` is set"),
   Field(
     "phases",
@@ -487,6 +493,21 @@ def _check_workers(config) -> None:
     )
 
 
+def augment_parts(config) -> tuple[str, ...] | None:
+  """``data.augment_parts`` for the preprocessing (None: all parts); ValueError if unknown."""
+  value = config.data.augment_parts
+  if value == "all":
+    return None
+  if not isinstance(value, str) or not value:
+    raise ValueError(f"data.augment_parts={value!r} must be 'all' or +-joined part names")
+  parts = preprocess.check_parts("data.augment_parts", value.split("+"), config.data.dataset)
+  if not config.data.augment:
+    raise ValueError(
+      f"data.augment_parts={value!r} needs data.augment=True (it picks among the augmentations)"
+    )
+  return parts
+
+
 def validate(config) -> None:
   """Raises ValueError for the first invalid field. Loads, writes and compiles nothing."""
   _check_fields(config)
@@ -500,6 +521,7 @@ def validate(config) -> None:
       f"not {config.data.dataset!r}"
     )
   _positive("data.holdout_size", config.data.holdout_size)
+  augment_parts(config)
   sources.check_cache_dir("data.cache_dir", config.data.cache_dir)
   checks.check_choice("method", config.method, METHODS)
   _positive("train.epochs", config.train.epochs)

@@ -320,6 +320,7 @@ class Trainer:
     batch = self.batch_size
     steps_per_epoch = self.steps_per_epoch
     augment = self.config.data.augment
+    augment_parts = config_lib.augment_parts(self.config)
     name = self.dataset.name
     workers = self.workers
 
@@ -338,7 +339,9 @@ class Trainer:
       index = jax.lax.dynamic_slice_in_dim(order, start, batch)
       images = jnp.take(train_images, index, axis=0)
       if augment:
-        images = preprocess.preprocess_train_batch(augment_key, images, dataset=name)
+        images = preprocess.preprocess_train_batch(
+          augment_key, images, dataset=name, parts=augment_parts
+        )
       else:
         images = preprocess.preprocess_eval_batch(images, dataset=name)
       return self._train_step(phase, state, images, jnp.take(train_labels, index), worker)

@@ -150,6 +150,12 @@ def test_training_images_are_known_for_sources_that_fix_them(source, expected):
     # Every FC tensor gets d = 250 directions; the output bias has 10 parameters.
     ({"bases.compartments": "leaf", "bases.allocation": "fixed"}, r"do not fit model 'fc'"),
     ({"bases.d": 101_771}, r"bases.d=101771.*do not fit model 'fc' \(101770 parameters"),
+    ({"data.augment_parts": "flip"}, r"data.augment_parts=\['flip'\].*\['crop', 'brightness'\]"),
+    ({"data.augment_parts": ""}, r"data.augment_parts='' must be 'all' or \+-joined"),
+    (
+      {"data.augment_parts": "crop", "data.augment": False},
+      r"data.augment_parts='crop' needs data.augment=True",
+    ),
   ],
 )
 def test_validate_catches_what_used_to_fail_after_loading(overrides, match):

@@ -63,6 +63,47 @@ def test_train_preprocessing_matches_reference(dataset, shape):
   np.testing.assert_allclose(as_float, out, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+  "dataset,parts,identity",
+  [
+    ("mnist", ("crop",), {"brightness": 0.0}),
+    ("mnist", ("brightness",), {"offsets": 3}),
+    ("fashion_mnist", (), {"brightness": 0.0, "offsets": 3}),
+    ("cifar10", ("crop",), {"flip": False}),
+    ("cifar10", ("flip",), {"offsets": 4}),
+  ],
+)
+def test_a_left_out_part_is_its_identity_and_the_rest_unchanged(dataset, parts, identity):
+  shape = (32, 32, 3) if dataset == "cifar10" else (28, 28, 1)
+  images = np.random.default_rng(5).integers(0, 256, (64, *shape), dtype=np.uint8)
+  key = jax.random.key(9)
+  out = preprocess.preprocess_train_batch(key, images, dataset=dataset, parts=parts)
+  params = preprocess.sample_augmentation(key, 64, dataset=dataset)
+  # The drawn parameters of the kept parts, the identity (centred crop, no shift, no
+  # flip) for the others.
+  expected = {
+    k: np.full_like(np.asarray(v), identity.get(k)) if k in identity else v
+    for k, v in params.items()
+  }
+  np.testing.assert_allclose(out, _np_augment(images, expected, dataset), atol=2e-5)
+  everything = preprocess.preprocess_train_batch(key, images, dataset=dataset, parts=None)
+  np.testing.assert_array_equal(
+    everything,
+    preprocess.preprocess_train_batch(
+      key, images, dataset=dataset, parts=preprocess.AUGMENTATIONS[dataset]
+    ),
+  )
+  assert not np.allclose(out, everything)
+
+
+def test_parts_outside_the_dataset_s_augmentation_are_refused():
+  with pytest.raises(ValueError, match=r"parts=\['flip'\].*\['crop', 'brightness'\] for mnist"):
+    preprocess.check_parts("parts", ["flip"], "mnist")
+  with pytest.raises(ValueError, match="at most once"):
+    preprocess.check_parts("parts", ["crop", "crop"], "cifar10")
+  assert preprocess.check_parts("parts", None, "cifar10") == ("crop", "flip")
+
+
 def test_augmentation_parameters_ranges():
   key = jax.random.key(0)
   mnist = preprocess.sample_augmentation(key, 4000, dataset="mnist")

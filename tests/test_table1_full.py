@@ -52,12 +52,15 @@ def test_rows_follow_the_papers_settings(monkeypatch, tmp_path):
       -1,
     )
   fc = [e for e in entries.values() if e["model"] == "fc" and e["method"] != "nes"]
-  # Paper rate, and without augmentation (no searched rate yet); the two dense anchors.
-  assert len(fc) == 3 * 3 * 2 + 2
+  # Paper rate, and without augmentation (no searched rate yet); the two dense anchors;
+  # FC-MNIST FPD with one part of the augmentation each.
+  assert len(fc) == 3 * 3 * 2 + 2 + 2
   for e in entries.values():
     method, pair = e["method"], (e["model"], e["data.dataset"])
     assert e["bases.d"] == 250
     assert e["data.augment"] == ("no aug" not in e["name"])
+    parts = {"crop only": "crop", "brightness only": "brightness"}
+    assert e["data.augment_parts"] == next((v for k, v in parts.items() if k in e["name"]), "all")
     if method in ("rbd", "fpd"):
       assert e["bases.structure"] == ("dense" if "dense anchor" in e["name"] else "srht")
     else:
@@ -69,6 +72,9 @@ def test_rows_follow_the_papers_settings(monkeypatch, tmp_path):
       assert e["paper"]["validation_accuracy"][0] == TABLE1_FC[pair][method]
   for name in ("FC-MNIST RBD paper rate", "FC-CIFAR10 SGD paper rate, no aug"):
     assert (entries[name]["train.epochs"], entries[name]["seeds"]) == (100, 1)
+  for part in ("crop", "brightness"):
+    ablation = entries[f"FC-MNIST FPD paper rate, {part} only"]
+    assert (ablation["train.epochs"], ablation["seeds"], ablation["method"]) == (100, 1, "fpd")
   assert entries["FC-FMNIST NES 1 epoch"]["train.epochs"] == 1
   assert entries["FC-MNIST RBD dense anchor, 5 epochs"]["train.epochs"] == 5
   cnn = [e for e in entries.values() if e["model"] == "cnn"]

@@ -231,7 +231,8 @@ def first_step(config):
   seen = clean
   if config.data.augment:
     key = jax.random.fold_in(trainer.augment_key, 0)  # step 0's augmentation
-    seen = preprocess.preprocess_train_batch(key, raw, dataset="mnist")
+    parts = None if config.data.augment_parts == "all" else config.data.augment_parts.split("+")
+    seen = preprocess.preprocess_train_batch(key, raw, dataset="mnist", parts=parts)
   labels = jnp.asarray(trainer.dataset.train_labels[index])
   return trainer, before, jax.tree.map(np.array, after["params"]), clean, seen, labels
 
@@ -254,6 +255,19 @@ def test_data_augment_decides_the_batch_the_first_step_sees(augment):
   if augment:  # crops shift the digits and brightness the pixels: another gradient
     assert relative_difference(sgd_step(clean), sgd_step(seen)) > 0.1
     assert np.abs(np.asarray(seen) - np.asarray(clean)).max() > 0.1
+
+
+def test_data_augment_parts_reach_the_first_step():
+  config = tiny_config("sgd", **ONE_STEP, **{"data.augment_parts": "brightness"})
+  trainer, before, after, clean, seen, labels = first_step(config)
+  step = reference.flat(after) - reference.flat(before)
+  grad = jax.grad(batch_loss(trainer.model, seen, labels))(before)
+  want = -config.learning_rate.sgd * reference.flat(grad)
+  np.testing.assert_allclose(step, want, rtol=1e-4, atol=1e-6 * np.abs(step).max())
+  # Brightness alone: every image is the clean one shifted by one constant (no crop).
+  shift = np.asarray(seen) - np.asarray(clean)
+  np.testing.assert_allclose(shift, shift[:, :1, :1, :] + 0 * shift, atol=1e-6)
+  assert np.abs(shift).max() > 0.1
 
 
 def dense_rbd_step(config, grad, dim, **basis):

@@ -7,6 +7,11 @@ without clipping; CIFAR-10 is padded to 40x40, randomly cropped to 32x32 and
 randomly flipped left-right. CIFAR-10 images of every split are then
 standardised per image. `dataset` must be a static Python str, so the trainer
 can fuse all of it into its compiled step.
+
+`parts` names the augmentations applied (``AUGMENTATIONS``, an ablation; None:
+all of the dataset's, the paper's). Every part's randomness is drawn whatever
+`parts` says and a left-out part is applied as its identity (a centred crop, no
+brightness shift, no flip), so a batch's other parts do not change with it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,26 @@ _CROP_PAD = {"mnist": 3, "fashion_mnist": 3, "cifar10": 4}
 # Max brightness delta for (F)MNIST (PAPER.md: "random brightness with max
 # delta 0.5").
 _MAX_BRIGHTNESS_DELTA = 0.5
+# The parts of each dataset's augmentation, in the order they are applied.
+AUGMENTATIONS = {
+  "mnist": ("crop", "brightness"),
+  "fashion_mnist": ("crop", "brightness"),
+  "cifar10": ("crop", "flip"),
+}
+
+
+def check_parts(name: str, parts, dataset: str) -> tuple[str, ...]:
+  """``parts`` (None or a sequence from ``AUGMENTATIONS[dataset]``) as a tuple, else ValueError."""
+  check_choice("dataset", dataset, DATASET_NAMES)
+  allowed = AUGMENTATIONS[dataset]
+  if parts is None:
+    return allowed
+  unknown = [p for p in parts if p not in allowed]
+  if unknown or len(set(parts)) != len(parts):
+    raise ValueError(
+      f"{name}={list(parts)!r}: each part at most once, from {list(allowed)} for {dataset}"
+    )
+  return tuple(parts)
 
 
 def to_unit_float(images: jax.Array) -> jax.Array:
@@ -89,10 +114,16 @@ def sample_augmentation(key: jax.Array, batch: int, *, dataset: str) -> dict[str
 
 
 def apply_augmentation(
-  images: jax.Array, params: dict[str, jax.Array], *, dataset: str
+  images: jax.Array, params: dict[str, jax.Array], *, dataset: str, parts=None
 ) -> jax.Array:
-  """Applies `sample_augmentation`'s parameters and the normalisation."""
-  check_choice("dataset", dataset, DATASET_NAMES)
+  """Applies `sample_augmentation`'s parameters (of `parts` only) and the normalisation."""
+  parts = check_parts("parts", parts, dataset)
+  if "crop" not in parts:
+    params = dict(params, offsets=jnp.full_like(params["offsets"], _CROP_PAD[dataset]))
+  if "flip" in params and "flip" not in parts:
+    params = dict(params, flip=jnp.zeros_like(params["flip"]))
+  if "brightness" in params and "brightness" not in parts:
+    params = dict(params, brightness=jnp.zeros_like(params["brightness"]))
   x = pad_and_crop(to_unit_float(images), params["offsets"], pad=_CROP_PAD[dataset])
   if dataset == "cifar10":
     x = jnp.where(params["flip"][:, None, None, None], x[:, :, ::-1, :], x)
@@ -101,7 +132,9 @@ def apply_augmentation(
   return x + params["brightness"][:, None, None, None]
 
 
-def preprocess_train_batch(key: jax.Array, images: jax.Array, *, dataset: str) -> jax.Array:
+def preprocess_train_batch(
+  key: jax.Array, images: jax.Array, *, dataset: str, parts=None
+) -> jax.Array:
   """Training preprocessing, deterministic given `key`.
 
   (F)MNIST: pad 3, random 28x28 crop, brightness delta ~ U[-0.5, 0.5] per
@@ -112,12 +145,14 @@ def preprocess_train_batch(key: jax.Array, images: jax.Array, *, dataset: str) -
     key: the batch's PRNG key.
     images: [B, H, W, C] uint8, or float in [0, 1].
     dataset: one of DATASET_NAMES (static).
+    parts: the augmentations applied, from ``AUGMENTATIONS[dataset]``; None:
+      all of them.
 
   Returns:
     float32 [B, H, W, C].
   """
   params = sample_augmentation(key, images.shape[0], dataset=dataset)
-  return apply_augmentation(images, params, dataset=dataset)
+  return apply_augmentation(images, params, dataset=dataset, parts=parts)
 
 
 def preprocess_eval_batch(images: jax.Array, *, dataset: str) -> jax.Array:
