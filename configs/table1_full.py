@@ -319,5 +319,6 @@ def report(arg=None):
     "scale": common.scale_note(arg, epochs=EPOCHS),
     # Table 1's columns and plots: validation and test accuracy, bars and curves.
     **{key: table1.report()[key] for key in ("columns", "plots")},
+    "standard_error": True,
     "notes": notes,
   }

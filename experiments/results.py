@@ -117,6 +117,28 @@ def ours(row: Row, column: dict) -> tuple[float, float | None] | None:
   return mean, std
 
 
+def standard_error(row: Row, column: dict) -> float | None:
+  """The SE of ``ours(row, column)``'s mean, in the column's units.
+
+  Two or more seeds: the seeds' sample std / sqrt(n), which holds the
+  evaluation's noise too. One seed of an accuracy: the binomial SE on the
+  split's images (the run's data record), sqrt(p (1 - p) / N), evaluation
+  noise only and so a lower bound. Otherwise None.
+  """
+  value = ours(row, column)
+  values = row.values(column["metric"])
+  if value is None:
+    return None
+  if len(values) > 1 and "spread" not in column:
+    return value[1] / math.sqrt(len(values))
+  split, _, kind = column["metric"].rpartition("_")
+  images = ((row.finals()[0].data or {}).get("images") or {}).get(split)
+  if len(values) != 1 or kind != "accuracy" or not images:
+    return None
+  p = values[0]
+  return math.sqrt(p * (1 - p) / images) * _scale(column)
+
+
 def format_ours(value: tuple[float, float | None] | None, digits: int) -> str:
   if value is None:
     return "\u2014"
@@ -186,8 +208,13 @@ def time_text(row: Row) -> str:
   return ("\u2265 " if lower_bound else "") + format_seconds(total)
 
 
-def table(rows: list[Row], columns: list[dict]) -> tuple[list[str], list[str]]:
-  """The markdown table's lines, and the notes its cells refer to."""
+def table(
+  rows: list[Row], columns: list[dict], *, with_standard_error: bool = False
+) -> tuple[list[str], list[str]]:
+  """The markdown table's lines, and the notes its cells refer to.
+
+  ``with_standard_error``: an "SE" column after each of ours compared with the paper.
+  """
   notes: list[str] = []
   with_paper = {
     c["metric"] for c in columns if any(c["metric"] in r.entry.get("paper", {}) for r in rows)
@@ -195,7 +222,8 @@ def table(rows: list[Row], columns: list[dict]) -> tuple[list[str], list[str]]:
   head = ["run"]
   for c in columns:
     if c["metric"] in with_paper:
-      head += [f"paper {c['label']}", f"ours {c['label']}", "\u0394"]
+      head += [f"paper {c['label']}", f"ours {c['label']}"]
+      head += ["SE", "\u0394"] if with_standard_error else ["\u0394"]
     else:
       head.append(f"ours {c['label']}")
   head += ["seeds", "epochs", "rate", "data", "time"]
@@ -212,7 +240,11 @@ def table(rows: list[Row], columns: list[dict]) -> tuple[list[str], list[str]]:
           if paper is None or value is None
           else _number(value[0] - paper[0], digits, signed=True)
         )
-        cells += [format_paper(paper), format_ours(value, digits), delta]
+        cells += [format_paper(paper), format_ours(value, digits)]
+        if with_standard_error:
+          error = standard_error(row, c)
+          cells.append("\u2014" if error is None else _number(error, digits))
+        cells.append(delta)
       else:
         cells.append(format_ours(value, digits))
     finals = row.finals()
@@ -311,7 +343,8 @@ def markdown(*, report: dict, rows: list[Row], header: list[tuple[str, str]]) ->
   """
   lines = head(report, header, [run.status for row in rows for run in row.runs])
   lines.append("")
-  body, notes = table(rows, report["columns"])
+  with_standard_error = report.get("standard_error", False)
+  body, notes = table(rows, report["columns"], with_standard_error=with_standard_error)
   lines += body
   lines.append("")
   if report.get("contrasts"):
@@ -322,6 +355,15 @@ def markdown(*, report: dict, rows: list[Row], header: list[tuple[str, str]]) ->
   explained = [
     "ours: the last epoch of each seed's run, mean \u00b1 sample std over seeds "
     "(no \u00b1 with one seed); \u0394 = ours \u2212 paper.",
+    *(
+      [
+        "SE: the standard error of ours: the seeds' std / sqrt(seeds) for two or more "
+        "seeds; for one seed the binomial SE of the accuracy on the split's images, "
+        "sqrt(p (1 - p) / N), evaluation noise only (a lower bound)."
+      ]
+      if with_standard_error
+      else []
+    ),
     "epochs: epochs done per seed; * = stopped early (below). time: wall time of "
     "the sessions that finished the runs, loading and compiling included (\u2265: "
     "a run not finished yet, its epochs' train and eval time only).",

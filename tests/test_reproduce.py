@@ -1,5 +1,6 @@
 """The runner, the results writer, the tuner's search and the plots."""
 
+import dataclasses
 import json
 import logging
 import math
@@ -162,6 +163,29 @@ def test_results_table_against_the_paper(rows):
   assert "- a note" in lines
   assert "- Code of the runs: not recorded (3 runs)" in lines  # the killed run has no status
   assert "- Wall time: 1m50s over 3 finished run(s), summed" in lines  # 40 + 60 + 10 s
+
+
+def test_standard_error_column_from_the_seeds_or_the_evaluation_images(rows):
+  body, _ = results_lib.table(rows, REPORT["columns"][:1], with_standard_error=True)
+  assert body[0].startswith(
+    "| run | paper validation acc % | ours validation acc % | SE | \u0394 |"
+  )
+  # Two seeds, 90 and 92: sample std sqrt(2), SE sqrt(2) / sqrt(2) = 1.
+  assert body[2].startswith("| FC-MNIST RBD | 93.893 \u00b1 0.024 | 91.00 \u00b1 1.41 | 1.00 |")
+  one = results_lib.RunResult(
+    seed=0,
+    workdir="w",
+    metrics=[{"epoch": 1, "validation_accuracy": 0.8}],
+    status=None,
+    data={"images": {"validation": 10_000}},
+  )
+  row = results_lib.Row({"name": "one seed", "paper": {"validation_accuracy": (80, 1)}}, [one])
+  # One seed: sqrt(0.8 * 0.2 / 10,000) = 0.004, in percent 0.40.
+  assert results_lib.standard_error(row, REPORT["columns"][0]) == pytest.approx(0.4)
+  body, _ = results_lib.table([row], REPORT["columns"][:1], with_standard_error=True)
+  assert "| one seed | 80 \u00b1 1 | 80.00 | 0.40 | +0.00 |" in body[2]
+  no_count = results_lib.Row(row.entry, [dataclasses.replace(one, data={})])
+  assert results_lib.standard_error(no_count, REPORT["columns"][0]) is None
 
 
 def test_a_row_without_runs_says_so(tmp_path):
