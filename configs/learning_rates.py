@@ -95,8 +95,8 @@ TUNED: dict[tuple, int] = {
 # file (results/table4_at_length.md, which states the lengths and the command).
 # SGD keys have d = structure = None (``length_key``).
 TUNED_AT_LENGTH: dict[tuple, int] = {
-  # The first groups of the search (run from 5481e97), final when their longest trials ended;
-  # the rest follow as the search finishes them.
+  # All nine groups of the search: eight run from 5481e97, FC-CIFAR10 FPD's last trials
+  # from 98624b1 (the records name each run's commit).
   ("fc", "mnist", "sgd", None, None): -3,  # heldout_loss 0.08935
   ("fc", "mnist", "rbd", 250, "srht"): 1,  # heldout_loss 0.2975
   ("fc", "mnist", "fpd", 250, "srht"): 2,  # heldout_loss 1.52
@@ -105,6 +105,7 @@ TUNED_AT_LENGTH: dict[tuple, int] = {
   ("fc", "fashion_mnist", "fpd", 250, "srht"): 1,  # heldout_loss 1.04
   ("fc", "cifar10", "sgd", None, None): -7,  # heldout_loss 1.473
   ("fc", "cifar10", "rbd", 250, "srht"): -1,  # heldout_loss 1.919
+  ("fc", "cifar10", "fpd", 250, "srht"): -3,  # heldout_loss 2.721
 }
 
 # NES has no rate in the paper. Its centred-rank update, sum_i u_i phi_i /
