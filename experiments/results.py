@@ -365,8 +365,9 @@ def markdown(*, report: dict, rows: list[Row], header: list[tuple[str, str]]) ->
       else []
     ),
     "epochs: epochs done per seed; * = stopped early (below). time: wall time of "
-    "the sessions that finished the runs, loading and compiling included (\u2265: "
-    "a run not finished yet, its epochs' train and eval time only).",
+    "the runs' sessions, loading and compiling included, except in a session killed "
+    "before its run ended, which counts its epochs' train and eval time only (\u2265: "
+    "a run not finished yet, likewise).",
   ]
   lines += ["Notes:", ""] + [f"- {n}" for n in [*report.get("notes", []), *explained, *notes]]
   return "\n".join(lines) + "\n"

@@ -447,6 +447,12 @@ def execute(run: Run, train_fn: TrainFn) -> tuple[dict, dict | None]:
     The status, and what ``train_fn`` returned (None if the run diverged).
   """
   before = read_status(run.workdir) or {}
+  earlier = before.get("wall_seconds")
+  if earlier is None:  # sessions killed before the end left no status: their epochs' time
+    earlier = sum(
+      m.get("train_seconds", 0.0) + m.get("eval_seconds", 0.0)
+      for m in read_workdir(run.workdir, run.seed).metrics
+    )
   start = time.perf_counter()
   result = None
   try:
@@ -464,7 +470,9 @@ def execute(run: Run, train_fn: TrainFn) -> tuple[dict, dict | None]:
     # it): --verify reruns in a process with as many.
     devices=jax.device_count(),
     platform=jax.devices()[0].platform,
-    wall_seconds=before.get("wall_seconds", 0.0) + time.perf_counter() - start,
+    # This session's time, plus the earlier sessions' (for a killed session only the train
+    # and eval time of its epochs, which leaves its loading and compiling out).
+    wall_seconds=earlier + time.perf_counter() - start,
     ended=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
   )
   _write_json(os.path.join(run.workdir, STATUS_FILE), status)

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 
 from experiments import reproduce, runs
-from random_bases import cli
+from random_bases import cli, config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -278,3 +278,26 @@ def test_a_record_wins_over_a_workdir_of_the_same_length_that_another_file_train
   assert runs.run_result(run).metrics == more
   record.unlink()
   assert runs.run_result(run).status["commit"] == "bbbbbbb"
+
+
+def test_a_resumed_run_s_time_counts_the_epochs_of_the_sessions_killed_before(
+  tmp_path, monkeypatch
+):
+  """A session killed mid-run writes no status; the session that finishes counts the train
+  and eval time of the epochs the killed one left in the workdir, beside its own."""
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  killed = [{"epoch": e, "train_seconds": 100.0, "eval_seconds": 5.0} for e in (1, 2)]
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in killed))
+  run = runs.Run(entry={"name": "R"}, seed=0, config=config_lib.base_config(), workdir=str(workdir))
+  clock = iter([1000.0, 1030.0])  # this session: 30 s
+  monkeypatch.setattr(runs.time, "perf_counter", lambda: next(clock))
+
+  def finishes(config, workdir):
+    return {"state": None, "history": [], "stopped": None}
+
+  status, _ = runs.execute(run, finishes)
+  assert status["wall_seconds"] == pytest.approx(2 * 105.0 + 30.0)
+  clock = iter([2000.0, 2010.0])  # extended later: the finished status's time goes on
+  status, _ = runs.execute(run, finishes)
+  assert status["wall_seconds"] == pytest.approx(250.0)
