@@ -231,6 +231,20 @@ def sweep(arg=None):
         )
       )
     if (model, dataset) == ("fc", "mnist"):
+      # The dense anchor: does the SRHT structure change the result?
+      for method in ("rbd", "fpd"):
+        entries.append(
+          _cell(
+            model,
+            dataset,
+            method,
+            paper_rate(model, dataset, method),
+            what=f"dense anchor, {_epochs(arg.anchor_epochs)}",
+            epochs=length(arg.anchor_epochs),
+            seeds=1,
+            structure="dense",
+          )
+        )
       # Which part of the augmentation costs FPD its accuracy (FPD_ABLATION).
       for part in FPD_ABLATION:
         entries.append(
@@ -255,19 +269,6 @@ def sweep(arg=None):
         what=_epochs(arg.nes_epochs),
         epochs=length(arg.nes_epochs),
         seeds=1,
-      )
-    )
-  for method in ("rbd", "fpd"):
-    entries.append(
-      _cell(
-        "fc",
-        "mnist",
-        method,
-        paper_rate("fc", "mnist", method),
-        what=f"dense anchor, {_epochs(arg.anchor_epochs)}",
-        epochs=length(arg.anchor_epochs),
-        seeds=1,
-        structure="dense",
       )
     )
   for model, dataset in CNN_PAIRS:
