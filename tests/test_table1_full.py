@@ -76,7 +76,7 @@ def test_rows_follow_the_papers_settings(monkeypatch, tmp_path):
     ablation = entries[f"FC-MNIST FPD paper rate, {part} only"]
     assert (ablation["train.epochs"], ablation["seeds"], ablation["method"]) == (100, 1, "fpd")
   assert entries["FC-FMNIST NES 1 epoch"]["train.epochs"] == 1
-  assert entries["FC-MNIST RBD dense anchor, 5 epochs"]["train.epochs"] == 5
+  assert entries["FC-MNIST RBD dense anchor, 20 epochs"]["train.epochs"] == 20
   cnn = [e for e in entries.values() if e["model"] == "cnn"]
   assert sorted((e["data.dataset"], e["method"]) for e in cnn) == sorted(
     (d, m) for d in ("mnist", "fashion_mnist", "cifar10") for m in ("sgd", "rbd", "fpd")
