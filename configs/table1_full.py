@@ -300,8 +300,9 @@ def report(arg=None):
     f"{arg.paper_seeds}, every other row at the first one.",
     "Augmentation: the authors' code turns it on for every method (SGD, RBD, and FPD and NES "
     "as variants of its rbd component: graphcore-research/random-bases, machinable.yaml and "
-    "experiments/baseline/fpd.py). The 'no aug' rows "
-    "are a diagnostic, not the paper's setting.",
+    "experiments/baseline/fpd.py). The 'no aug' rows are a diagnostic, not that setting, and "
+    "the 'crop only' / 'brightness only' rows (data.augment_parts) say which part costs FPD "
+    'its accuracy; results/README.md, "At the paper\'s length", compares them with the paper.',
     f"Lengths: FC rows {arg.epochs or EPOCHS} epochs; NES {arg.nes_epochs} (d = {D} forward "
     f"passes a step); the dense anchor {arg.anchor_epochs}; the CNN rows {arg.cnn_epochs}.",
   ]
