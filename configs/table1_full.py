@@ -156,6 +156,11 @@ def _cell(
   return entry
 
 
+def _at_paper_rate(model: str, dataset: str, method: str, **cell) -> dict:
+  """A one-seed row at Table 4's rate (``cell``: ``_cell``'s other keywords)."""
+  return _cell(model, dataset, method, paper_rate(model, dataset, method), seeds=1, **cell)
+
+
 def get_config(arg=None):
   """One cell at Table 4's rate: ``:model=fc,dataset=cifar10,method=fpd`` (default FC-MNIST RBD)."""
   arg = _parse(arg)
@@ -234,28 +239,24 @@ def sweep(arg=None):
       # The dense anchor: does the SRHT structure change the result?
       for method in ("rbd", "fpd"):
         entries.append(
-          _cell(
+          _at_paper_rate(
             model,
             dataset,
             method,
-            paper_rate(model, dataset, method),
             what=f"dense anchor, {_epochs(arg.anchor_epochs)}",
             epochs=length(arg.anchor_epochs),
-            seeds=1,
             structure="dense",
           )
         )
       # Which part of the augmentation costs FPD its accuracy (FPD_ABLATION).
       for part in FPD_ABLATION:
         entries.append(
-          _cell(
+          _at_paper_rate(
             model,
             dataset,
             "fpd",
-            paper_rate(model, dataset, "fpd"),
             what=f"paper rate, {part} only",
             epochs=fc_epochs,
-            seeds=1,
             augment_parts=part,
           )
         )
@@ -274,14 +275,12 @@ def sweep(arg=None):
   for model, dataset in CNN_PAIRS:
     for method in METHODS:
       entries.append(
-        _cell(
+        _at_paper_rate(
           model,
           dataset,
           method,
-          paper_rate(model, dataset, method),
           what=f"paper rate, {_epochs(arg.cnn_epochs)}",
           epochs=length(arg.cnn_epochs),
-          seeds=1,
         )
       )
   return common.finish(entries, arg)

@@ -125,15 +125,14 @@ def standard_error(row: Row, column: dict) -> float | None:
   split's images (the run's data record), sqrt(p (1 - p) / N), evaluation
   noise only and so a lower bound. Otherwise None.
   """
-  value = ours(row, column)
   values = row.values(column["metric"])
-  if value is None:
-    return None
   if len(values) > 1 and "spread" not in column:
-    return value[1] / math.sqrt(len(values))
+    return mean_std(values)[1] * _scale(column) / math.sqrt(len(values))
   split, _, kind = column["metric"].rpartition("_")
+  if len(values) != 1 or kind != "accuracy":
+    return None
   images = ((row.finals()[0].data or {}).get("images") or {}).get(split)
-  if len(values) != 1 or kind != "accuracy" or not images:
+  if not images:
     return None
   p = values[0]
   return math.sqrt(p * (1 - p) / images) * _scale(column)

@@ -451,7 +451,7 @@ def execute(run: Run, train_fn: TrainFn) -> tuple[dict, dict | None]:
   if earlier is None:  # sessions killed before the end left no status: their epochs' time
     earlier = sum(
       m.get("train_seconds", 0.0) + m.get("eval_seconds", 0.0)
-      for m in read_workdir(run.workdir, run.seed).metrics
+      for m in read_metrics(os.path.join(run.workdir, workdir_lib.METRICS_FILE))
     )
   start = time.perf_counter()
   result = None
