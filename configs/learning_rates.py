@@ -9,12 +9,14 @@ exactly ``-2**log2 * direction`` (``config.learning_rate.<method>``).
   columns are read as applied rates (PAPER.md explains why).
 * ``PAPER_FIGURES``: rates the paper gives for single figures (Fig. B.7 per
   d, Fig. B.15 per distribution).
-* ``TUNED``: rates chosen by our tuner (``experiments/tune.py``), copied from
-  ``results/table4.md``, which states the scale they were tuned at and the
+* ``TUNED``: rates chosen by our tuner's coarse-to-fine search
+  (``experiments/tune.py``) at the reduced scale, copied from
+  ``results/table4_coarse.md``, which states the scale they were tuned at and the
   exact command. Edit this dict, nothing else, when the tuner is rerun.
 * ``TUNED_AT_LENGTH``: rates chosen by the tuner's successive halving
   (``configs/table4.py:search=halving``), whose longest trials are at least a
-  quarter of the table's 100 epochs, keyed with the bases' structure. Only
+  quarter of the table's 100 epochs, keyed with the bases' structure, copied
+  from ``results/table4.md`` (Table 4's file). Only
   ``configs/table1_full.py`` reads them (``searched_rate``); ``rate()`` does not.
 
 ``rate()`` looks a key up in that order of preference (ours first) and says
@@ -56,11 +58,11 @@ PAPER_FIGURES = {
 }
 
 # Ours: (model, dataset, method, d, distribution) -> applied log2, from
-# results/table4.md (tuned on 75 % of the training set at the reduced scale
+# results/table4_coarse.md (tuned on 75 % of the training set at the reduced scale
 # stated there; see that file for the losses behind each choice). SGD keys
 # have d = distribution = None, NES keys distribution = None.
-# results/table4.md of 2026-11-30 (rerun from 95440d6): every pair, one epoch of
-# 200 steps (NES: 20) per trial, 5,000 held-out images; tests/test_configs.py
+# That file (named table4.md until 2026-12-01) of 2026-11-30, rerun from 95440d6: every
+# pair, one epoch of 200 steps (NES: 20) per trial, 5,000 held-out images; tests/test_configs.py
 # checks this dict against the file's printed lines. Short trials favour large rates: with
 # 1,000-step trials CNN-CIFAR10 RBD's best is 2^2, not 2^3
 # (results/table4_long_trials/), and several of these rates diverge within
@@ -92,7 +94,8 @@ TUNED: dict[tuple, int] = {
 
 # Ours at length: (model, dataset, method, d, structure) -> applied log2, copied from the
 # "For configs/learning_rates.py (TUNED_AT_LENGTH)" lines of the halving search's results
-# file (results/table4_at_length.md, which states the lengths and the command).
+# file (results/table4.md, which states the lengths and the command; tests/test_configs.py
+# checks this dict against its printed lines).
 # SGD keys have d = structure = None (``length_key``).
 TUNED_AT_LENGTH: dict[tuple, int] = {
   # All nine groups of the search: eight run from 5481e97, FC-CIFAR10 FPD's last trials

@@ -68,7 +68,7 @@ STRUCTURES = ("dense", "srht", "fastfood")
 OVERLAP = {"srht": 0.0, "dense": 1.0, "fastfood": 2.0}
 DIMS = (250, 10_000)
 # The log2 rate grids per d: short runs favour larger rates than Table 4's
-# 100 epochs (results/table4.md tuned 2^4 for FC and CNN on MNIST at 200
+# 100 epochs (results/table4_coarse.md tuned 2^4 for FC and CNN on MNIST at 200
 # steps); the update grows with d (Fig. B.7 lowers the rate with d).
 GRIDS = {250: (2, 3, 4, 5), 10_000: (0, 1, 2)}
 BATCH = 32

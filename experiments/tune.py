@@ -213,7 +213,7 @@ def tune(
     runs_of: entry -> its runs (one per seed), for the refining trials.
     train_fn: the trainer.
     header: the results file's header lines.
-    results_dir: where table4.md and its plot go.
+    results_dir: where the results file and its plot go.
     partial: train nothing: search each group only as far as its trials are
       done, write the groups that got to the end, and name the others in the
       file's "Partial" line (a long search's file from its records so far).

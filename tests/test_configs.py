@@ -574,15 +574,28 @@ def test_figb7_plots_the_whole_vector_correlation_against_its_formula():
   assert spec["geometry"] == {"metric": "correlation_whole", "D": 122_570}
 
 
-def test_tuned_rates_are_the_ones_results_table4_prints():
-  """TUNED is copied from results/table4.md's "For configs/learning_rates.py
-  (TUNED)" lines: a rerun of the search that changes a rate must change the
-  dict (and so rerun the rows that use it), never leave the two apart."""
-  text = (ROOT / "results" / "table4.md").read_text()
-  block = text.split("For configs/learning_rates.py (TUNED):")[1]
+def _printed_rates(results_file: str, marker: str) -> dict:
+  """The rates a tuner's results file prints for configs/learning_rates.py after ``marker``."""
+  text = (ROOT / "results" / results_file).read_text()
+  block = text.split(marker)[1]
   block = block.split("```python")[1].split("```")[0]
   printed = {}
   for line in block.strip().splitlines():
     key, log2 = line.split("#")[0].strip().rstrip(",").rsplit(":", 1)
     printed[eval(key)] = int(log2)  # noqa: S307 -- a tuple literal from our own file
+  return printed
+
+
+def test_tuned_rates_are_the_ones_results_table4_coarse_prints():
+  """TUNED is copied from results/table4_coarse.md's "For configs/learning_rates.py
+  (TUNED)" lines: a rerun of the search that changes a rate must change the
+  dict (and so rerun the rows that use it), never leave the two apart."""
+  printed = _printed_rates("table4_coarse.md", "For configs/learning_rates.py (TUNED):")
   assert printed == learning_rates.TUNED
+
+
+def test_rates_at_length_are_the_ones_results_table4_prints():
+  """TUNED_AT_LENGTH is copied from results/table4.md (the halving search,
+  Table 4's file): Table 1's searched rows run at exactly the rates it chose."""
+  printed = _printed_rates("table4.md", "For configs/learning_rates.py (TUNED_AT_LENGTH")
+  assert printed == learning_rates.TUNED_AT_LENGTH

@@ -754,7 +754,8 @@ def test_tuner_writes_table4_and_the_lines_for_learning_rates(tmp_path):
   )
   calls = []
   written = reproduce.reproduce(spec, **kwargs, train_fn=fake_trainer(calls))
-  name = "table4_runlocal@runlocal,pairs=fc-mnist,methods=sgd,lo=-3"  # hi=5,stride=3: defaults
+  # hi=5,stride=3 are the defaults, so the selection leaves them out.
+  name = "table4_coarse_runlocal@runlocal,pairs=fc-mnist,methods=sgd,lo=-3"
   assert [os.path.basename(p) for p in written] == [f"{name}.md", f"{name}_tuning.png"]
   assert len(calls) == 6  # coarse -3, 0, 3; then 2, 4 (diverges), 1
   lines = (tmp_path / "results" / f"{name}.md").read_text().splitlines()
