@@ -34,6 +34,19 @@ class RunResult:
   def final(self) -> dict[str, Any] | None:
     return self.metrics[-1] if self.metrics else None
 
+  @property
+  def ended(self) -> bool:
+    """Its session ended it: finished at the epochs its status names, stopped or diverged.
+
+    A run without a status (training now, or killed), or one extended past the
+    epochs of its status (training on), has not ended.
+    """
+    if self.status is None or self.final is None:
+      return False
+    if self.status.get("status") in ("stopped", "diverged"):
+      return True
+    return self.final.get("epoch") == self.status.get("epochs")
+
 
 @dataclasses.dataclass
 class Row:
@@ -47,7 +60,20 @@ class Row:
     return self.entry["name"]
 
   def finals(self) -> list[RunResult]:
-    return [run for run in self.runs if run.final is not None]
+    """The runs its values come from: the ended ones, or while none has, those with epochs.
+
+    A run still training (or killed) is left out once another seed of the row
+    has ended, so a mean never mixes a run's last epoch with another's epoch
+    in the middle (``unfinished``).
+    """
+    started = [run for run in self.runs if run.final is not None]
+    ended = [run for run in started if run.ended]
+    return ended or started
+
+  def unfinished(self) -> list[RunResult]:
+    """The runs with epochs that ``finals`` leaves out."""
+    finals = {id(run) for run in self.finals()}
+    return [run for run in self.runs if run.final is not None and id(run) not in finals]
 
   def values(self, metric: str) -> list[float]:
     """The metric's last-epoch value of every run that has it (missing or null skipped)."""
@@ -155,8 +181,12 @@ def format_seconds(seconds: float) -> str:
 
 
 def epochs_text(row: Row, notes: list[str]) -> str:
-  """Epochs done per seed ("3" when all agree); a run that stopped gets * and a note."""
+  """Epochs done per seed ("3" when all agree); a run that stopped gets * and a note.
+
+  A run left out of the row's values (``Row.unfinished``) gets "(unfinished)" and a note.
+  """
   texts = []
+  unfinished = {id(run) for run in row.unfinished()}
   for run in row.runs:
     status = run.status or {}
     epoch = run.final["epoch"] if run.final else None
@@ -166,6 +196,12 @@ def epochs_text(row: Row, notes: list[str]) -> str:
         f"{epoch or 0}: {status.get('reason')}"
       )
       texts.append(f"{epoch or 0}*")
+    elif id(run) in unfinished:
+      notes.append(
+        f"{row.name}, seed {run.seed}: unfinished after epoch {epoch} (training, or "
+        "killed); left out of ours while another seed of the row has ended"
+      )
+      texts.append(f"{epoch} (unfinished)")
     else:
       texts.append("\u2013" if epoch is None else str(epoch))
   return texts[0] if len(set(texts)) == 1 else ", ".join(texts)

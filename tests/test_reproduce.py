@@ -148,17 +148,22 @@ def test_results_table_against_the_paper(rows):
     "90.00 \u00b1 1.41 | 0, 1 | 2 | 2^1 (paper Table 4) | MNIST (official IDX files) | "
     "1m40s |"
   ) in lines
-  # Seed 0 stopped after epoch 1 (its wall time is known); seed 1 has only its epochs'.
+  # Seed 0 stopped after epoch 1 (its wall time is known); seed 1, killed, has only its
+  # epochs' time and is left out of the values: seed 0's run has ended.
   assert (
-    "| FC-MNIST SGD | 98.27 \u00b1 0.09 | 11.00 \u00b1 1.41 | \u221287.27 | "
-    "12.00 \u00b1 1.41 | 0, 1 | 1*, 1 | 2^-3 (tuned) | MNIST (official IDX files) | "
+    "| FC-MNIST SGD | 98.27 \u00b1 0.09 | 10.00 | \u221288.27 | "
+    "11.00 | 0, 1 | 1*, 1 (unfinished) | 2^-3 (tuned) | MNIST (official IDX files) | "
     "\u2265 0m14s |"
   ) in lines
   assert (
     "- FC-MNIST RBD \u2212 FC-MNIST SGD (validation accuracy, points): ours "
-    "80.00 \u00b1 0.00 over 2 seed(s); paper 4.4"
+    "80.00 over 1 seed(s); paper 4.4"
   ) in lines
   assert "- FC-MNIST SGD, seed 0: stopped after epoch 1: accuracy 0.100 <= 0.15" in lines
+  assert (
+    "- FC-MNIST SGD, seed 1: unfinished after epoch 1 (training, or killed); left out of "
+    "ours while another seed of the row has ended"
+  ) in lines
   assert f"- {MNIST} (images: {{'train': 50000}})" in lines
   assert "- a note" in lines
   assert "- Code of the runs: not recorded (3 runs)" in lines  # the killed run has no status
@@ -186,6 +191,32 @@ def test_standard_error_column_from_the_seeds_or_the_evaluation_images(rows):
   assert "| one seed | 80 \u00b1 1 | 80.00 | 0.40 | +0.00 |" in body[2]
   no_count = results_lib.Row(row.entry, [dataclasses.replace(one, data={})])
   assert results_lib.standard_error(no_count, REPORT["columns"][0]) is None
+
+
+def test_a_mean_never_mixes_an_unfinished_run_with_ended_ones():
+  """A seed still training (or killed, or extended past its status) is left out of the
+  row's values once another seed has ended; while none has, the row shows them all."""
+  column = REPORT["columns"][0]
+
+  def run(seed, accuracies, status_epochs):
+    metrics = [{"epoch": e + 1, "validation_accuracy": a} for e, a in enumerate(accuracies)]
+    status = None if status_epochs is None else {"status": "finished", "epochs": status_epochs}
+    return results_lib.RunResult(seed, f"w{seed}", metrics, status, None)
+
+  ended = run(0, [0.5, 0.9], 2)
+  training = run(1, [0.4], None)
+  extended = run(2, [0.5, 0.9, 0.7], 2)  # finished 2 epochs, now training on to more
+  row = results_lib.Row({"name": "r"}, [ended, training, extended])
+  assert row.finals() == [ended]
+  assert row.unfinished() == [training, extended]
+  assert results_lib.ours(row, column) == (90.0, None)
+  notes = []
+  assert results_lib.epochs_text(row, notes) == "2, 1 (unfinished), 3 (unfinished)"
+  assert len(notes) == 2
+  # None ended yet: the row shows where its runs stand, all of them.
+  row = results_lib.Row({"name": "r"}, [training, extended])
+  assert results_lib.ours(row, column) == pytest.approx((55.0, 2**0.5 * 15))
+  assert results_lib.epochs_text(row, []) == "1, 3"
 
 
 def test_a_row_without_runs_says_so(tmp_path):
