@@ -527,7 +527,9 @@ def run_all(
 
   A run whose workdir another process holds (``workdir_lib.WorkdirLocked``:
   another sweep trains it now) is skipped with one line; rerunning the sweep
-  once that process is done picks it up.
+  once that process is done picks it up. A run another sweep finished after
+  this one listed it is skipped too, its status and record left as that
+  sweep wrote them.
   """
   export_records(runs)
   # A run two entries share (same config) is trained once.
@@ -542,6 +544,9 @@ def run_all(
   held = 0
   for run in todo:
     progress.start(run)
+    if is_done(run):  # another sweep finished it since this one listed it
+      progress.skip(run, f"finished by another process ({run.workdir})")
+      continue
     tic = time.perf_counter()
     try:
       status, _ = execute(run, train_fn)

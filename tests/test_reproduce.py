@@ -425,6 +425,45 @@ def test_a_run_another_process_holds_is_skipped_and_the_sweep_goes_on(tmp_path, 
   assert runs.read_status(diverging.workdir)["status"] == "diverged"
 
 
+def test_a_run_another_process_finished_meanwhile_is_not_touched(tmp_path, caplog):
+  """Two sweeps list the same runs; the one that gets to a run the other has finished
+  since skips it, leaving that run's status (its wall time, its end) as it was."""
+  config_file = tmp_path / "tiny.py"
+  config_file.write_text(TINY_CONFIG)
+  data = runs.DataLocations({}, None)
+  module = reproduce.load_config_module(str(config_file))
+  sgd, diverging = [
+    runs.make_run(module, None, entry, 0, data=data, workdir_root=str(tmp_path / "runs"))
+    for entry in module.sweep(None)
+  ]
+  finished = {"status": "finished", "reason": None, "epochs": 1, "wall_seconds": 7.0}
+
+  def trainer(config, workdir):
+    # While this sweep trains its first run, another sweep finishes the second.
+    os.makedirs(diverging.workdir, exist_ok=True)
+    with open(os.path.join(diverging.workdir, runs.STATUS_FILE), "w") as f:
+      json.dump(finished, f)
+    trainer.calls.append(workdir)
+    return train.train_and_evaluate(config, workdir)
+
+  trainer.calls = []
+  with caplog.at_level(logging.WARNING):
+    reproduce.reproduce(
+      str(config_file),
+      seeds=[0],
+      data=data,
+      workdir_root=str(tmp_path / "runs"),
+      results_dir=str(tmp_path / "results"),
+      allow_dirty=True,
+      train_fn=trainer,
+    )
+  assert trainer.calls == [sgd.workdir]
+  messages = [record.getMessage() for record in caplog.records]
+  skipped = f"skipped: finished by another process ({diverging.workdir})"
+  assert f"[run 2 of 2] SGD diverging, seed 0: {skipped}" in messages
+  assert runs.read_status(diverging.workdir) == finished
+
+
 # --- run records and --verify -----------------------------------------------------------
 
 
