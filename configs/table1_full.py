@@ -302,6 +302,11 @@ def report(arg=None):
     "experiments/baseline/fpd.py). The 'no aug' rows are a diagnostic, not that setting, and "
     "the 'crop only' / 'brightness only' rows (data.augment_parts) say which part costs FPD "
     'its accuracy; results/README.md, "At the paper\'s length", compares them with the paper.',
+    "Which setting the paper's FPD column used: its values are those of the FPD 'paper rate, "
+    "no aug' rows (a point or so apart on each FC pair), and no FPD row with augmentation "
+    "comes near them, so its FPD column reads as trained without augmentation, although the "
+    "authors' code turns augmentation on for FPD; the mechanism (FPD underfits the augmented "
+    "task) is in results/README.md.",
     f"Lengths: FC rows {arg.epochs or EPOCHS} epochs; NES {arg.nes_epochs} (d = {D} forward "
     f"passes a step); the dense anchor {arg.anchor_epochs}; the CNN rows {arg.cnn_epochs}.",
   ]
