@@ -394,14 +394,13 @@ def test_runner_runs_skips_extends_and_resumes(tmp_path):
 
 
 def tiny_runs(tmp_path):
-  """The tiny sweep's config file, data and its two runs (SGD, SGD diverging) at seed 0."""
+  """The tiny sweep's config file and its two runs (SGD, SGD diverging) at seed 0."""
   config_file = tmp_path / "tiny.py"
   config_file.write_text(TINY_CONFIG)
   data = runs.DataLocations({}, None)
   module = reproduce.load_config_module(str(config_file))
   return (
     config_file,
-    data,
     [
       runs.make_run(module, None, entry, 0, data=data, workdir_root=str(tmp_path / "runs"))
       for entry in module.sweep(None)
@@ -409,26 +408,21 @@ def tiny_runs(tmp_path):
   )
 
 
-def reproduce_tiny(tmp_path, config_file, data, trainer):
+def reproduce_tiny(tmp_path, config_file, trainer):
+  """The tiny sweep at seed 0 (``sweep_kwargs``'s workdirs and results under ``tmp_path``)."""
   reproduce.reproduce(
-    str(config_file),
-    seeds=[0],
-    data=data,
-    workdir_root=str(tmp_path / "runs"),
-    results_dir=str(tmp_path / "results"),
-    allow_dirty=True,
-    train_fn=trainer,
+    str(config_file), **{**sweep_kwargs(tmp_path), "seeds": [0]}, train_fn=trainer
   )
 
 
 def test_a_run_another_process_holds_is_skipped_and_the_sweep_goes_on(tmp_path, caplog):
-  config_file, data, (sgd, diverging) = tiny_runs(tmp_path)
+  config_file, (sgd, diverging) = tiny_runs(tmp_path)
   held = workdir_lib.Workdir(sgd.workdir)  # as another sweep training it now holds it
   held.claim()
   trainer = Counting()
   try:
     with caplog.at_level(logging.WARNING):
-      reproduce_tiny(tmp_path, config_file, data, trainer)
+      reproduce_tiny(tmp_path, config_file, trainer)
   finally:
     held.release()
   assert trainer.calls == [sgd.workdir, diverging.workdir]
@@ -441,7 +435,7 @@ def test_a_run_another_process_holds_is_skipped_and_the_sweep_goes_on(tmp_path, 
 def test_a_run_another_process_finished_meanwhile_is_not_touched(tmp_path, caplog):
   """Two sweeps list the same runs; the one that gets to a run the other has finished
   since skips it, leaving that run's status (its wall time, its end) as it was."""
-  config_file, data, (sgd, diverging) = tiny_runs(tmp_path)
+  config_file, (sgd, diverging) = tiny_runs(tmp_path)
   finished = {"status": "finished", "reason": None, "epochs": 1, "wall_seconds": 7.0}
 
   def trainer(config, workdir):
@@ -454,7 +448,7 @@ def test_a_run_another_process_finished_meanwhile_is_not_touched(tmp_path, caplo
 
   trainer.calls = []
   with caplog.at_level(logging.WARNING):
-    reproduce_tiny(tmp_path, config_file, data, trainer)
+    reproduce_tiny(tmp_path, config_file, trainer)
   assert trainer.calls == [sgd.workdir]
   messages = [record.getMessage() for record in caplog.records]
   skipped = f"skipped: finished by another process ({diverging.workdir})"
