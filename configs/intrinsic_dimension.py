@@ -58,11 +58,23 @@ stated in the results file too:
 * Initialisation: He-normal kernels and zero biases like theirs (flax's
   truncated normal, variance 2 / fan_in).
 
-Rate rules (``rate_rule``), from the rate eta_250 found at d = 250. With unit
-directions the expected FPD/RBD step is (d / D) eta g, so keeping eta d fixed
-keeps the tuned run's expected step (``learning_rates.for_total_d``):
+Rate rules (``rate_rule``). With unit directions the expected FPD/RBD step
+is (d / D) eta g, so keeping eta d fixed keeps the expected step of a run
+tuned at d = 250 (``learning_rates.for_total_d``); the rules start from the
+rate eta_250 found there:
 
-* ``capped`` (default): eta_250 * 250 / d above d = 250 (nearest power of
+* ``searched`` (default): a line search over powers of two at every d. The
+  first seed trains at 2^(c-1), 2^c and 2^(c+1), where 2^c is the capped
+  rule's rate at d, and goes on halving (doubling) while the lowest final
+  training loss is at the smallest (largest) rate tried, at most
+  ``RATE_SEARCH_SPAN`` steps from c; a diverged run counts as infinite loss.
+  The other seeds train at the rate with the lowest loss, and d's accuracy
+  is the mean over all seeds at that rate. Measured on FC-MNIST under the
+  capped rule, both d_int90 crossings sat exactly where the rule halves the
+  rate, and at fixed d = 250 rates RBD's accuracy fell as d grew
+  (results/README.md, "Intrinsic dimension"): no single eta_250 scaled by
+  250 / d serves every d, so each d gets its own.
+* ``capped``: eta_250 * 250 / d above d = 250 (nearest power of
   two), eta_250 below. Below d = 250 the step's curvature no longer falls
   with d (the largest curvature along d random unit directions tends to the
   mean, tr(H) / D), so a larger rate would only risk divergence.
@@ -95,7 +107,15 @@ PAIRS = (
 )
 MODEL_TITLES = {**common.MODEL_TITLES, "li_fc": "Li-FC", "li_lenet": "Li-LeNet"}
 METHODS = ("fpd", "rbd")
-RATE_RULES = ("capped", "scaled", "fixed")
+RATE_RULES = ("searched", "capped", "scaled", "fixed")
+# The searched rule tries rates 2^(c-1), 2^c, 2^(c+1) around the capped rule's
+# 2^c and walks on while the best is at an edge, at most this many halvings
+# or doublings from c.
+RATE_SEARCH_SPAN = 3
+# What the searched rule minimises: the first seed's final training loss (a
+# diverged run counts as infinite). Not the thresholded accuracy, which would
+# pick each d's rate on the numbers d_int is read from.
+RATE_SEARCH_METRIC = "train_loss"
 STRUCTURES = ("srht", "fastfood", "dense")
 # Li et al. 2018, Table 1: d_int90 of FPD with Adam, 100 epochs (MNIST).
 LI_PUBLISHED = {("li_fc", "mnist"): 750, ("li_lenet", "mnist"): 290}
@@ -141,7 +161,7 @@ MEANINGS = {
   "factor": "the coarse grid's ratio (> 1)",
   "bisections": "bisection steps per threshold after the grid",
   "structure": "srht | fastfood | dense: the bases' structure",
-  "rate_rule": "capped | scaled | fixed: the rate at d from the rate at d = 250",
+  "rate_rule": "searched | capped | scaled | fixed: the rate at d (from the rate at d = 250)",
   "rates": "log2 rates at d = 250 overriding the tuned ones: sgd=-3+fpd=5+rbd=4",
   "metric": "the accuracy thresholded; '' = the protocol's",
 }
@@ -154,7 +174,7 @@ DEFAULTS = dict(
   factor=4.0,
   bisections=4,
   structure="srht",
-  rate_rule="capped",
+  rate_rule="searched",
   rates="",
   metric="",
 )
@@ -257,13 +277,16 @@ def rate_250(arg, model: str, dataset: str, method: str) -> learning_rates.Rate:
 
 
 def rate_at(arg, model: str, dataset: str, method: str, d: int) -> learning_rates.Rate:
-  """``method``'s rate at ``d`` under ``arg.rate_rule`` (the docstring states the rules)."""
+  """``method``'s rate at ``d`` under ``arg.rate_rule`` (the docstring states the rules).
+
+  Under ``searched`` this is the capped rule's rate, where the search starts.
+  """
   base = rate_250(arg, model, dataset, method)
   if method == "sgd" or d == 250:
     return base
   if arg.rate_rule == "fixed":
     return learning_rates.noted(base, f"the d = 250 rate, not scaled to d = {d:,} (rule fixed)")
-  if arg.rate_rule == "capped" and d < 250:
+  if arg.rate_rule in ("capped", "searched") and d < 250:
     return learning_rates.noted(
       base, f"the d = 250 rate, not scaled to d = {d:,} (rule capped: scaled above 250 only)"
     )
@@ -274,11 +297,20 @@ def protocol(model: str) -> dict:
   return LI_PROTOCOL if is_li(model) else SEED_PAPER_PROTOCOL
 
 
-def point(arg, model: str, dataset: str, method: str, d: int | None = None) -> dict:
+def search_start(arg, model: str, dataset: str, method: str, d: int) -> int:
+  """The searched rule's first log2 rate at ``d``: the capped rule's."""
+  return rate_at(arg, model, dataset, method, d).log2
+
+
+def point(
+  arg, model: str, dataset: str, method: str, d: int | None = None, log2: int | None = None
+) -> dict:
   """The entry of ``method`` at ``d`` on the pair (SGD: the baseline, no d).
 
-  Every entry sets every field of ``ENTRY_FIELDS``; under runlocal the data
-  becomes the shipped MNIST sample (the name keeps the pair).
+  ``log2``: the rate 2^log2 the searched rule tries at ``d`` (its name says
+  the rate, so the tries at one d are told apart). Every entry sets every
+  field of ``ENTRY_FIELDS``; under runlocal the data becomes the shipped
+  MNIST sample (the name keeps the pair).
   """
   defaults = {f.name: f.default for f in config_lib.FIELDS}
   title = pair_title(model, dataset)
@@ -288,9 +320,21 @@ def point(arg, model: str, dataset: str, method: str, d: int | None = None) -> d
   else:
     if not isinstance(d, int) or isinstance(d, bool) or d <= 0:
       raise ValueError(f"d={d!r} must be a positive integer")
-    rate = rate_at(arg, model, dataset, method, d)
+    if arg.rate_rule == "searched":
+      if log2 is None:
+        raise ValueError(f"rate_rule=searched: the entry of {method} at d={d} needs its log2 rate")
+      start = search_start(arg, model, dataset, method, d)
+      rate = learning_rates.Rate(
+        log2, f"searched at d = {d:,}: first seed's lowest final training loss; start 2^{start}"
+      )
+      name = f"{title} {common.METHOD_TITLES[method]} d = {d} at 2^{log2}"
+    else:
+      if log2 is not None:
+        raise ValueError(f"log2={log2} is for rate_rule=searched, not {arg.rate_rule!r}")
+      rate = rate_at(arg, model, dataset, method, d)
+      name = f"{title} {common.METHOD_TITLES[method]} d = {d}"
     entry = {
-      "name": f"{title} {common.METHOD_TITLES[method]} d = {d}",
+      "name": name,
       "label": common.METHOD_TITLES[method],
       "x": d,
       "bases.d": d,
@@ -330,25 +374,34 @@ def base(arg):
 
 
 def get_config(arg=None):
-  """The first pair's FPD at d = 1024 (or ``d_max`` if smaller)."""
+  """The first pair's FPD at d = 1024 (or ``d_max`` if smaller), at the rule's (first) rate."""
   arg = parse(arg)
   model, dataset = pairs(arg)[0]
   config = base(arg)
-  common.apply(config, point(arg, model, dataset, "fpd", min(1024, arg.d_max)))
+  d = min(1024, arg.d_max)
+  log2 = search_start(arg, model, dataset, "fpd", d) if arg.rate_rule == "searched" else None
+  common.apply(config, point(arg, model, dataset, "fpd", d, log2))
   return config
 
 
 def sweep(arg=None):
   """The runs known before any result: each pair's SGD baseline and its coarse grid per method.
 
-  The measurement adds the bisection's runs (``point``) as results come in.
+  Under ``searched`` the grid's entries are the first seed at the search's
+  first rate (``"seeds": 1``). The measurement adds the other rates, seeds
+  and the bisection's runs (``point``) as results come in.
   """
   arg = parse(arg)
   entries = []
   for model, dataset in pairs(arg):
     entries.append(point(arg, model, dataset, "sgd"))
     for method in methods(arg):
-      entries += [point(arg, model, dataset, method, d) for d in grid(arg, model, dataset)]
+      for d in grid(arg, model, dataset):
+        if arg.rate_rule == "searched":
+          start = search_start(arg, model, dataset, method, d)
+          entries.append({**point(arg, model, dataset, method, d, start), "seeds": 1})
+        else:
+          entries.append(point(arg, model, dataset, method, d))
   return entries
 
 
@@ -399,6 +452,9 @@ def report(arg=None):
     "bisections": intrinsic_dimension.check_bisections(arg.bisections),
     "structure": arg.structure,
     "rate_rule": arg.rate_rule,
+    "rate_search": {"span": RATE_SEARCH_SPAN, "metric": RATE_SEARCH_METRIC}
+    if arg.rate_rule == "searched"
+    else None,
   }
   return {
     "name": common.results_name("intrinsic_dimension", arg),

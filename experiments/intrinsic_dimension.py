@@ -24,8 +24,14 @@ threshold: d_int = hi (the smallest d tried that reaches it), the bracket
 between lo and hi, and each seed's own d_int on the same d's (the seeds'
 uncertainty).
 
+Under the config's ``searched`` rate rule each d first runs a line search
+over powers of two on the first seed (``search_rate``: the lowest final
+training loss, a diverged run counting as infinite), and the other seeds
+train at the rate it picks; d's accuracy is the mean over the seeds at
+that rate.
+
 The running (``measure``): each pair's SGD baseline, then per method the
-search, each (method, d, seed) an ordinary run of the runner
+search, each (method, d, rate, seed) an ordinary run of the runner
 (``experiments/runs.py``): its own workdir, resumed when killed, skipped
 when done, its record under ``<records_dir>/<results name>/`` when it ends,
 so a killed search goes on where it stopped and the results file is
@@ -181,6 +187,44 @@ def search(
   return dict(sorted(tried.items()))
 
 
+def search_rate(
+  loss_at: Callable[[int], float], *, start: int, span: int
+) -> tuple[int, dict[int, float]]:
+  """The log2 rate with the lowest loss, by a line search over powers of two.
+
+  Tries ``start - 1``, ``start`` and ``start + 1``, then steps down (up) by
+  one while the lowest loss is at the smallest (largest) rate tried, never
+  more than ``span`` from ``start``. A loss of ``inf`` (a diverged run)
+  never wins over a finite one; while every rate tried diverges the search
+  steps down. Ties go to the smaller rate.
+
+  Args:
+    loss_at: log2 rate -> the loss trained at it (called once per rate).
+    start: the first rate's log2.
+    span: the farthest the search goes from ``start`` (>= 1).
+
+  Returns:
+    (the chosen log2, every log2 tried -> its loss).
+  """
+  if isinstance(span, bool) or not isinstance(span, int) or span < 1:
+    raise ValueError(f"span={span!r} must be an integer >= 1")
+  tried: dict[int, float] = {}
+  for log2 in (start - 1, start, start + 1):
+    tried[log2] = loss_at(log2)
+
+  def best() -> int:
+    return min(tried, key=lambda k: (tried[k], k))
+
+  while True:
+    chosen = best()
+    if chosen == min(tried) and chosen > start - span:
+      tried[chosen - 1] = loss_at(chosen - 1)
+    elif chosen == max(tried) and chosen < start + span and math.isfinite(tried[chosen]):
+      tried[chosen + 1] = loss_at(chosen + 1)
+    else:
+      return chosen, dict(sorted(tried.items()))
+
+
 @dataclasses.dataclass(frozen=True)
 class Estimate:
   """d_int at one fraction, from the accuracies at the d's tried.
@@ -257,6 +301,8 @@ class PairState:
   spec: dict
   baseline: list
   points: dict[str, dict[int, list]] = dataclasses.field(default_factory=dict)
+  # The searched rule's tries: method -> d -> log2 rate -> the first seed's run.
+  tries: dict[str, dict[int, dict[int, object]]] = dataclasses.field(default_factory=dict)
 
 
 def run_accuracy(run, metric: str) -> tuple[float | None, str]:
@@ -270,6 +316,17 @@ def run_accuracy(run, metric: str) -> tuple[float | None, str]:
   if found.final is None or found.final.get(metric) is None or status is None:
     return None, "not run"
   return float(found.final[metric]), status
+
+
+def run_loss(run, metric: str) -> float:
+  """A tried rate's loss: the run's final ``metric``, ``inf`` if it diverged or has none."""
+  from experiments import runs as runs_lib
+
+  found = runs_lib.run_result(run)
+  if (found.status or {}).get("status") != "finished" or found.final is None:
+    return math.inf
+  value = found.final.get(metric)
+  return float(value) if value is not None and math.isfinite(value) else math.inf
 
 
 def _execute_all(runs: list, train_fn, progress, planned: set[str]) -> None:
@@ -309,7 +366,7 @@ def measure(
 
   Args:
     sweep: ``reproduce.Sweep`` of the config (its ``report()['intrinsic_dimension']``).
-    runs_of: entry -> its runs, one per seed.
+    runs_of: entry -> its runs, one per seed (the first seed only for ``"seeds": 1``).
     train_fn: the trainer.
     write: called with every pair's state so far.
   """
@@ -336,9 +393,28 @@ def measure(
       continue
     for method in spec["methods"]:
       points = state.points.setdefault(method, {})
+      tries = state.tries.setdefault(method, {})
+
+      def rate_at(d, model=model, dataset=dataset, method=method, tries=tries):
+        """The searched rule's log2 rate at d (its tries trained), or None for the other rules."""
+        search_spec = spec.get("rate_search")
+        if not search_spec:
+          return None
+        tried = tries.setdefault(d, {})
+
+        def loss_at(log2):
+          entry = {**sweep.module.point(arg, model, dataset, method, d, log2), "seeds": 1}
+          tried[log2] = runs_of(entry)[0]
+          _execute_all([tried[log2]], train_fn, progress, planned)
+          write(states)
+          return run_loss(tried[log2], search_spec["metric"])
+
+        start = sweep.module.search_start(arg, model, dataset, method, d)
+        return search_rate(loss_at, start=start, span=search_spec["span"])[0]
 
       def accuracy_at(d, model=model, dataset=dataset, method=method, points=points, metric=metric):
-        points[d] = runs_of(sweep.module.point(arg, model, dataset, method, d))
+        log2 = rate_at(d)
+        points[d] = runs_of(sweep.module.point(arg, model, dataset, method, d, log2))
         _execute_all(points[d], train_fn, progress, planned)
         write(states)
         return _mean(points[d], metric)
@@ -399,13 +475,39 @@ def pair_summary(state: PairState, fractions: Sequence[float]) -> dict:
     if done and curve and sum(baseline_values) > 0:
       baseline = sum(baseline_values) / len(baseline_values)
       estimates = [estimate(curve, baseline=baseline, fraction=f) for f in fractions]
+    search_metric = (state.spec.get("rate_search") or {}).get("metric", "train_loss")
     summary["methods"][method] = {
       "curve": curve,
       "states": states,
       "rates": rates,
+      "tries": {
+        d: {
+          log2: (run_loss(run, search_metric), run_accuracy(run, metric)[1])
+          for log2, run in tried.items()
+        }
+        for d, tried in state.tries.get(method, {}).items()
+      },
       "estimates": estimates,
     }
   return summary
+
+
+def points_rate(state: PairState, method: str, d: int) -> float | None:
+  """The learning rate d's seeds trained at (None before they ran)."""
+  runs = state.points.get(method, {}).get(d)
+  return float(runs[0].config.learning_rate[method]) if runs else None
+
+
+def _tries_text(tries: Mapping[int, tuple[float, str]] | None, chosen: float | None) -> str:
+  """ "2^2: 0.412, 2^3: 0.351*, 2^4: diverged" (* the rate the seeds trained at)."""
+  if not tries:
+    return "\u2014"
+  cells = []
+  for log2, (loss, status) in sorted(tries.items()):
+    star = "*" if chosen is not None and chosen == 2.0**log2 else ""
+    text = f"{loss:.3f}" if math.isfinite(loss) else status
+    cells.append(f"2^{log2}: {text}{star}")
+  return ", ".join(cells)
 
 
 def markdown(report: dict, states: dict[str, PairState], header: list[tuple[str, str]]) -> str:
@@ -428,6 +530,17 @@ def markdown(report: dict, states: dict[str, PairState], header: list[tuple[str,
     f"- Bases: structure {spec['structure']}, unit-length directions, one compartment; "
     f"rate rule: {spec['rate_rule']} (configs/intrinsic_dimension.py states the rules; "
     "each d's rate is in the curve table)",
+    *(
+      [
+        f"- Rate search at every d: the first seed trains at powers of two around the capped "
+        f"rule's rate, at most {spec['rate_search']['span']} halvings or doublings from it, "
+        f"and the other seeds at the rate with the lowest final "
+        f"{spec['rate_search']['metric'].replace('_', ' ')} (diverged: infinite); each d's "
+        "tries are in the curve table, the chosen one starred"
+      ]
+      if spec.get("rate_search")
+      else []
+    ),
     "",
     "d_int: the smallest d tried whose mean accuracy reaches the threshold; bracket: the "
     "largest d tried below it and d_int (the grid's uncertainty); interpolated: the crossing "
@@ -477,15 +590,17 @@ def markdown(report: dict, states: dict[str, PairState], header: list[tuple[str,
       f"Protocol: {pair['protocol']}. Baseline (SGD, rate {state.baseline[0].entry['rate']}): "
       f"{_mean_std(summary['baseline'])}.",
       "",
-      "| method | d | acc % (mean \u00b1 std over seeds) | runs | rate |",
-      "| --- | --- | --- | --- | --- |",
+      "| method | d | acc % (mean \u00b1 std over seeds) | runs | rate | rates tried: "
+      "first seed's final training loss |",
+      "| --- | --- | --- | --- | --- | --- |",
     ]
     for method, found in summary["methods"].items():
       for d, run_states in found["states"].items():
         values = found["curve"].get(d, [])
         counted = ", ".join(f"{run_states.count(s)} {s}" for s in sorted(set(run_states)))
         curves_lines.append(
-          f"| {method.upper()} | {d:,} | {_mean_std(values)} | {counted} | {found['rates'][d]} |"
+          f"| {method.upper()} | {d:,} | {_mean_std(values)} | {counted} | {found['rates'][d]} "
+          f"| {_tries_text(found['tries'].get(d), points_rate(state, method, d))} |"
         )
   lines += curves_lines
   lines += ["", "Notes:", ""] + [f"- {n}" for n in report.get("notes", [])]

@@ -207,6 +207,44 @@ def test_estimate_from_seeds():
     idim.estimate({100: [0.5], 400: [0.6, 0.7]}, baseline=1.0, fraction=0.9)
 
 
+def quadratic_losses(best: int, calls: list[int], diverge_above: float = math.inf):
+  """log2 -> (log2 - best)^2 + 0.1, inf above ``diverge_above``; records each call."""
+
+  def loss_at(log2):
+    calls.append(log2)
+    return math.inf if log2 > diverge_above else (log2 - best) ** 2 + 0.1
+
+  return loss_at
+
+
+@pytest.mark.parametrize("best", [-3, -2, -1, 0, 1, 2, 3])
+def test_search_rate_finds_the_best_power_of_two_within_its_span(best):
+  calls = []
+  chosen, tried = idim.search_rate(quadratic_losses(best, calls), start=0, span=3)
+  assert chosen == best
+  assert sorted(calls) == sorted(set(calls))  # each rate trained once
+  # The tries: the first three, then one step at a time to one past the best.
+  expected = set(range(min(-1, best - 1), max(1, best + 1) + 1)) & set(range(-3, 4))
+  assert set(tried) == expected
+  assert tried[best] == 0.1
+
+
+def test_search_rate_stops_at_its_span_and_steps_down_past_divergence():
+  calls = []
+  chosen, tried = idim.search_rate(quadratic_losses(7, calls), start=0, span=3)
+  assert (chosen, sorted(tried)) == (3, [-1, 0, 1, 2, 3])  # best beyond the span: its edge
+  calls = []
+  chosen, tried = idim.search_rate(quadratic_losses(2, calls, diverge_above=0), start=0, span=3)
+  assert (chosen, sorted(tried)) == (0, [-1, 0, 1])  # never walks up past a diverged rate
+  calls = []
+  chosen, tried = idim.search_rate(lambda log2: math.inf, start=0, span=2)
+  assert (chosen, sorted(tried)) == (-2, [-2, -1, 0, 1])  # all diverge: down to the span
+  chosen, _ = idim.search_rate(lambda log2: 1.0, start=5, span=1)
+  assert chosen == 4  # ties go to the smaller rate
+  with pytest.raises(ValueError, match="span=0 must be an integer >= 1"):
+    idim.search_rate(lambda log2: 1.0, start=0, span=0)
+
+
 def test_log_spread():
   assert idim.log_spread([100, 400]) == "200 \u00d7/ 2.67 (100, 400)"
   assert idim.log_spread([250]) == "250"
@@ -295,7 +333,7 @@ def test_config_refuses_bad_input_before_anything_runs():
     "factor=1.0": r"factor=1.0 must be a number > 1",
     "pairs=resnet8-cifar10": r"pairs='resnet8-cifar10' is not supported; allowed values: 'fc-",
     "methods=nes": r"methods='nes' is not supported; allowed values: 'fpd', 'rbd'",
-    "rate_rule=linear": r"rate_rule='linear' is not supported; allowed values: 'capped'",
+    "rate_rule=linear": r"rate_rule='linear' is not supported; allowed values: 'searched'",
     "structure=sparse": r"structure='sparse' is not supported",
     "bisections=-1": r"bisections=-1 must be an integer >= 0",
   }
@@ -324,7 +362,7 @@ def test_command_refuses_bad_input_before_training(tmp_path):
 def test_rate_rules():
   module = config_module()
   tuned = learning_rates.rate("fc", "mnist", "fpd").log2
-  capped = module.parse("pairs=fc-mnist")
+  capped = module.parse("pairs=fc-mnist,rate_rule=capped")
   assert module.rate_at(capped, "fc", "mnist", "fpd", 1000).log2 == tuned - 2  # x 250 / 1000
   assert module.rate_at(capped, "fc", "mnist", "fpd", 16).log2 == tuned  # not scaled up
   scaled = module.parse("rate_rule=scaled")
@@ -335,12 +373,33 @@ def test_rate_rules():
   assert li.log2 == tuned and "borrowed from FC-MNIST" in li.source
   given = module.parse("rates=fpd=-2")
   assert module.rate_at(given, "li_lenet", "mnist", "fpd", 500).log2 == -3
+  # The searched rule (the default) starts each d at the capped rule's rate,
+  # and its entries name the rate they try, so the tries at one d differ.
+  searched = module.parse("pairs=fc-mnist")
+  assert searched.rate_rule == "searched"
+  assert module.search_start(searched, "fc", "mnist", "fpd", 1000) == tuned - 2
+  entry = module.point(searched, "fc", "mnist", "fpd", 1000, tuned + 1)
+  assert entry["learning_rate.fpd"] == 2.0 ** (tuned + 1)
+  assert entry["name"] == f"FC-MNIST FPD d = 1000 at 2^{tuned + 1}"
+  assert entry["rate"].startswith(f"2^{tuned + 1} (searched at d = 1,000")
+  with pytest.raises(ValueError, match="rate_rule=searched: the entry of fpd at d=1000 needs"):
+    module.point(searched, "fc", "mnist", "fpd", 1000)
+  with pytest.raises(ValueError, match="log2=3 is for rate_rule=searched, not 'capped'"):
+    module.point(capped, "fc", "mnist", "fpd", 1000, 3)
+  # The plan before any result: each grid d's first try, first seed only.
+  first_tries = [e for e in module.sweep("pairs=fc-mnist,d_max=64") if e["method"] != "sgd"]
+  assert [(e["bases.d"], e["learning_rate." + e["method"]], e["seeds"]) for e in first_tries] == [
+    (16, 2.0**tuned, 1),
+    (64, 2.0**tuned, 1),
+    (16, 2.0 ** learning_rates.rate("fc", "mnist", "rbd").log2, 1),
+    (64, 2.0 ** learning_rates.rate("fc", "mnist", "rbd").log2, 1),
+  ]
 
 
 def test_entries_set_the_protocol_and_the_same_fields():
   module = config_module()
-  arg = module.parse("pairs=fc-mnist+li_lenet-mnist,d_max=256")
-  entries = module.sweep("pairs=fc-mnist+li_lenet-mnist,d_max=256")
+  arg = module.parse("pairs=fc-mnist+li_lenet-mnist,d_max=256,rate_rule=capped")
+  entries = module.sweep("pairs=fc-mnist+li_lenet-mnist,d_max=256,rate_rule=capped")
   names = [e["name"] for e in entries]
   assert names[:4] == [
     "FC-MNIST SGD",
@@ -366,6 +425,37 @@ def test_entries_set_the_protocol_and_the_same_fields():
   assert module.LI_PUBLISHED == {("li_fc", "mnist"): 750, ("li_lenet", "mnist"): 290}
 
 
+def write_epoch(workdir: str, **metrics) -> dict:
+  """What a train_fn leaves: one epoch of ``metrics`` in the workdir; nothing stopped it."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
+    f.write(json.dumps({"epoch": 1, **metrics}) + "\n")
+  return {"stopped": None}
+
+
+def command_kwargs(tmp_path) -> dict:
+  """``idim.run``'s arguments beside the config: two seeds, workdirs and results in tmp_path."""
+  return dict(
+    seeds=[0, 1],
+    data=DataLocations({}, None),
+    workdir_root=str(tmp_path / "runs"),
+    results_dir=str(tmp_path / "results"),
+    allow_dirty=True,
+  )
+
+
+def runlocal_fc_mnist_search(accuracy_at) -> dict[int, float]:
+  """The reference: ``idim.search`` as the runlocal FC-MNIST command runs it, 12 bisections."""
+  return idim.search(
+    accuracy_at,
+    grid=[16, 64, 256, 1024, 4096, 16384],
+    levels=[0.9],
+    big_d=101_770,
+    factor=4,
+    bisections=12,
+  )
+
+
 def fake_trainer(step_at_seed: dict[int, int], trained: list):
   """A train_fn that writes one epoch whose accuracy is a step in d: 0.95 from step_at_seed[seed].
 
@@ -378,10 +468,7 @@ def fake_trainer(step_at_seed: dict[int, int], trained: list):
       accuracy = 1.0
     else:
       accuracy = 0.95 if config.bases.d >= step_at_seed[config.seed] else 0.5
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-      f.write(json.dumps({"epoch": 1, "validation_accuracy": accuracy}) + "\n")
-    return {"stopped": None}
+    return write_epoch(workdir, validation_accuracy=accuracy)
 
   return train_fn
 
@@ -389,24 +476,13 @@ def fake_trainer(step_at_seed: dict[int, int], trained: list):
 def test_command_searches_with_runs_resumes_and_rebuilds_from_records(tmp_path, monkeypatch):
   plots = []
   monkeypatch.setattr(idim, "plot", lambda report, states, path: plots.append(path))
-  spec = f"{CONFIG}:runlocal,pairs=fc-mnist,methods=fpd,bisections=12"
-  kwargs = dict(
-    seeds=[0, 1],
-    data=DataLocations({}, None),
-    workdir_root=str(tmp_path / "runs"),
-    results_dir=str(tmp_path / "results"),
-    allow_dirty=True,
-  )
+  spec = f"{CONFIG}:runlocal,pairs=fc-mnist,methods=fpd,bisections=12,rate_rule=capped"
+  kwargs = command_kwargs(tmp_path)
   trained = []
   written = idim.run(spec, train_fn=fake_trainer({0: 300, 1: 400}, trained), **kwargs)
   # The reference: the same search on the mean of the two seeds' steps.
-  tried = idim.search(
-    lambda d: ((0.95 if d >= 300 else 0.5) + (0.95 if d >= 400 else 0.5)) / 2,
-    grid=[16, 64, 256, 1024, 4096, 16384],
-    levels=[0.9],
-    big_d=101_770,
-    factor=4,
-    bisections=12,
+  tried = runlocal_fc_mnist_search(
+    lambda d: ((0.95 if d >= 300 else 0.5) + (0.95 if d >= 400 else 0.5)) / 2
   )
   assert idim.bracket(tried, 0.9) == (399, 400)
   assert len(trained) == 2 * (1 + len(tried))  # every (d, seed) and the baselines, once each
@@ -431,3 +507,61 @@ def test_command_searches_with_runs_resumes_and_rebuilds_from_records(tmp_path, 
   shutil.rmtree(tmp_path / "runs")
   idim.run(spec, train_fn=never, **kwargs)
   assert row in pathlib.Path(written[0]).read_text()
+
+
+def test_command_searches_each_d_s_rate_and_rebuilds_from_records(tmp_path, monkeypatch):
+  """The searched rule: the first seed tries rates, the others train at the lowest loss's."""
+  monkeypatch.setattr(idim, "plot", lambda report, states, path: None)
+  module = config_module()
+  arg = module.parse("runlocal,pairs=fc-mnist,methods=fpd")
+
+  def best_log2(d):  # below d = 300 two doublings above the start, from it two halvings
+    return module.search_start(arg, "fc", "mnist", "fpd", d) + (2 if d < 300 else -2)
+
+  trained = []
+
+  def train_fn(config, workdir):
+    trained.append((config.seed, config.bases.d, config.learning_rate[config.method]))
+    log2 = round(math.log2(config.learning_rate[config.method]))
+    if config.method == "sgd":
+      loss, accuracy = 0.1, 1.0
+    else:
+      loss = (log2 - best_log2(config.bases.d)) ** 2 + 0.1
+      # Only the best rate reaches the threshold: a wrong pick would move d_int.
+      good = config.bases.d >= 300 and log2 == best_log2(config.bases.d)
+      accuracy = 0.95 if good else 0.5
+    return write_epoch(workdir, train_loss=loss, validation_accuracy=accuracy)
+
+  spec = f"{CONFIG}:runlocal,pairs=fc-mnist,methods=fpd,bisections=12"
+  kwargs = command_kwargs(tmp_path)
+  written = idim.run(spec, train_fn=train_fn, **kwargs)
+  tried = runlocal_fc_mnist_search(lambda d: 0.95 if d >= 300 else 0.5)
+  assert idim.bracket(tried, 0.9) == (299, 300)
+  for d in tried:
+    start, best = module.search_start(arg, "fc", "mnist", "fpd", d), best_log2(d)
+    # The first seed: the three first tries, then one step past the best.
+    expected = range(start - 1, start + 4) if best > start else range(start - 3, start + 2)
+    assert sorted(round(math.log2(lr)) for s, e, lr in trained if e == d and s == 0) == list(
+      expected
+    )
+    # The other seed: once, at the chosen rate.
+    assert [lr for s, e, lr in trained if e == d and s == 1] == [2.0**best]
+  assert len(trained) == len(set(trained)) == 2 + 6 * len(tried)
+  text = pathlib.Path(written[0]).read_text()
+  assert "| FPD | 0.9 | 90.00 | 300 (bracket 299..300) |" in text
+  start = module.search_start(arg, "fc", "mnist", "fpd", 1024)
+  assert (
+    f"| 2^{start - 3}: 1.100, 2^{start - 2}: 0.100*, 2^{start - 1}: 1.100, 2^{start}: 4.100, "
+    f"2^{start + 1}: 9.100 |"
+  ) in text
+  assert "- Rate search at every d: the first seed trains at powers of two" in text
+
+  def never(config, workdir):
+    raise AssertionError("a done run was trained again")
+
+  shutil.rmtree(tmp_path / "runs")  # the records alone rebuild the same file
+  assert idim.run(spec, train_fn=never, **kwargs) == written
+  rebuilt = pathlib.Path(written[0]).read_text()
+  assert [x for x in rebuilt.splitlines() if x.startswith("| FPD")] == [
+    x for x in text.splitlines() if x.startswith("| FPD")
+  ]
