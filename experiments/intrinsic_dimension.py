@@ -492,6 +492,15 @@ def pair_summary(state: PairState, fractions: Sequence[float]) -> dict:
   return summary
 
 
+def state_runs(state: PairState) -> list:
+  """Every run of the pair: the baseline, each d's seeds and the rate search's tries, once each."""
+  runs = list(state.baseline)
+  runs += [r for points in state.points.values() for rs in points.values() for r in rs]
+  runs += [r for tries in state.tries.values() for tried in tries.values() for r in tried.values()]
+  unique = {run.workdir: run for run in runs}
+  return list(unique.values())
+
+
 def points_rate(state: PairState, method: str, d: int) -> float | None:
   """The learning rate d's seeds trained at (None before they ran)."""
   runs = state.points.get(method, {}).get(d)
@@ -516,11 +525,7 @@ def markdown(report: dict, states: dict[str, PairState], header: list[tuple[str,
   from experiments import runs as runs_lib
 
   spec = report["intrinsic_dimension"]
-  all_runs = [
-    run
-    for state in states.values()
-    for run in state.baseline + [r for p in state.points.values() for rs in p.values() for r in rs]
-  ]
+  all_runs = [run for state in states.values() for run in state_runs(state)]
   lines = results_lib.head(report, header, [runs_lib.run_result(r).status for r in all_runs])
   lines += [
     f"- Search: coarse grid d_min * {spec['factor']:g}^k, walked past its ends while "

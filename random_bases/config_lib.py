@@ -29,6 +29,7 @@ from random_bases.method import nes as nes_lib
 from random_bases.method import structured
 
 METHODS = ("sgd", "rbd", "fpd", "nes")
+OPTIMIZERS = ("sgd", "adam")
 COORDINATES = ("reverse", "forward")
 
 # Every dataset of the paper has 10 classes; the data layer (sources) knows
@@ -132,6 +133,18 @@ FIELDS: tuple[Field, ...] = (
     "epochs to train (Tables 1, 2; Table 3: 80); raise it to extend a finished run",
   ),
   Field("train.batch_size", 32, "training images per step"),
+  Field(
+    "train.optimizer",
+    "sgd",
+    "sgd (plain steps, the seed paper) | adam: Adam on the gradient (SGD, NES) or on the "
+    "subspace coordinates (RBD, FPD; Li et al. 2018); the rate is learning_rate.<method>",
+  ),
+  Field(
+    "train.weight_decay",
+    0.0,
+    "L2 coefficient: weight_decay * theta is added to the gradient before any projection "
+    "(Li et al. 2018: 1e-5 FC, 1e-4 LeNet)",
+  ),
   Field("train.steps_per_epoch", -1, "steps per epoch; -1 = the whole training split"),
   Field("train.eval_batch_size", 1000, "images per evaluation batch"),
   Field("train.eval_examples", -1, "images evaluated per split; -1 = all"),
@@ -432,6 +445,26 @@ def _positive(field, value):
     raise ValueError(f"{field}={value!r} must be > 0")
 
 
+def _check_optimizer(config) -> None:
+  """train.optimizer and train.weight_decay, and the combinations the trainer cannot run."""
+  checks.check_choice("train.optimizer", config.train.optimizer, OPTIMIZERS)
+  decay = config.train.weight_decay
+  if isinstance(decay, bool) or not isinstance(decay, (int, float)) or decay < 0:
+    raise ValueError(f"train.weight_decay={decay!r} must be a number >= 0")
+  projected = any(m in ("rbd", "fpd") for m, _ in parse_phases(config))
+  if config.train.optimizer == "adam" and projected and config.workers > 1:
+    raise ValueError(
+      f"train.optimizer='adam' with RBD/FPD keeps Adam's statistics of one worker's "
+      f"coordinates: it needs workers=1, not {config.workers}"
+    )
+  if decay and projected and config.bases.coordinates == "forward":
+    raise ValueError(
+      "train.weight_decay adds weight_decay * theta to the gradient, which forward mode "
+      "(bases.coordinates='forward') never forms: use bases.coordinates='reverse' or "
+      "train.weight_decay=0"
+    )
+
+
 def _check_fields(config) -> None:
   """The config has exactly the schema's fields, and every float is finite."""
   values = field_values(config)
@@ -530,6 +563,7 @@ def validate(config) -> None:
   _positive("train.log_every_steps", config.train.log_every_steps)
   _positive("train.steps_per_dispatch", config.train.steps_per_dispatch)
   _check_workers(config)
+  _check_optimizer(config)
   if config.train.steps_per_epoch != -1:
     _positive("train.steps_per_epoch (or -1)", config.train.steps_per_epoch)
   if config.train.eval_examples != -1:

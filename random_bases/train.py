@@ -70,13 +70,30 @@ class TrainingDiverged(RuntimeError):
 def make_optimizer(
   method: str, *, config, phase: int, axis_name: str | None = None
 ) -> optax.GradientTransformation:
-  """The optax transformation of one phase. NES's estimate is applied by SGD.
+  """The optax transformation of one phase.
 
-  ``axis_name``: the workers' axis, which RBD and FPD exchange coordinates over.
+  ``config.train.optimizer``: ``sgd`` applies the gradient (NES: its
+  estimate; RBD/FPD: the projected gradient) as it is; ``adam`` applies it
+  by Adam, for RBD/FPD on the subspace coordinates (Li et al. 2018).
+  ``config.train.weight_decay`` adds that multiple of the parameters to the
+  gradient first (L2 in the loss). ``axis_name``: the workers' axis, which
+  RBD and FPD exchange coordinates over.
   """
   lr = config.learning_rate[method]
+  adam = config.train.optimizer == "adam"
   if method in ("sgd", "nes"):
-    return optax.sgd(lr)
+    tx = optax.adam(lr) if adam else optax.sgd(lr)
+  else:
+    tx = _projected_optimizer(method, lr, config=config, phase=phase, axis_name=axis_name)
+  if config.train.weight_decay:
+    tx = optax.chain(optax.add_decayed_weights(config.train.weight_decay), tx)
+  return tx
+
+
+def _projected_optimizer(
+  method: str, lr: float, *, config, phase: int, axis_name: str | None
+) -> optax.GradientTransformation:
+  """RBD or FPD with the config's bases (and Adam on the coordinates for train.optimizer=adam)."""
   bases = config.bases
   kwargs = dict(
     # Each phase draws its own stream of bases.
@@ -89,6 +106,7 @@ def make_optimizer(
     block_rows=bases.block_rows or None,
     structure=bases.structure,
     axis_name=axis_name,
+    coordinate_transform=optax.scale_by_adam() if config.train.optimizer == "adam" else None,
   )
   if method == "rbd":
     return rb.rbd(lr, bases.d, **kwargs)

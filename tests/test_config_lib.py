@@ -65,13 +65,14 @@ def test_unknown_field_names_are_named_with_their_group(name, message):
 FLOAT_FIELDS = [f.name for f in config_lib.FIELDS if isinstance(f.default, float)]
 
 
-def test_float_fields_are_the_learning_rates_and_sigma():
+def test_float_fields_are_the_learning_rates_sigma_and_weight_decay():
   assert FLOAT_FIELDS == [
     "learning_rate.sgd",
     "learning_rate.rbd",
     "learning_rate.fpd",
     "learning_rate.nes",
     "nes.sigma",
+    "train.weight_decay",
   ]
 
 

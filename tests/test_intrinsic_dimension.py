@@ -396,6 +396,30 @@ def test_rate_rules():
   ]
 
 
+def test_optimizer_adam_is_li_et_al_s_setup():
+  module = config_module()
+  arg = module.parse("pairs=li_fc-mnist,optimizer=adam,rate_rule=fixed")
+  for method, d in (("sgd", None), ("fpd", 16), ("fpd", 4096), ("rbd", 1000)):
+    entry = module.point(arg, "li_fc", "mnist", method, d)
+    assert entry[f"learning_rate.{method}"] == 2.0**-10  # at every d: Adam's step is not scaled
+    assert (entry["train.optimizer"], entry["train.weight_decay"]) == ("adam", 1e-5)
+  lenet = module.point(arg, "li_lenet", "mnist", "fpd", 100)
+  assert lenet["train.weight_decay"] == 1e-4
+  seed_paper = module.point(arg, "fc", "mnist", "fpd", 100)
+  assert (seed_paper["train.optimizer"], seed_paper["train.weight_decay"]) == ("adam", 0.0)
+  searched = module.parse("optimizer=adam")
+  assert module.search_start(searched, "fc", "mnist", "rbd", 4000) == -10
+  # The default: plain steps, no decay, so the runs made before these fields keep their names.
+  plain = module.point(module.parse("rate_rule=capped"), "fc", "mnist", "fpd", 100)
+  assert (plain["train.optimizer"], plain["train.weight_decay"]) == ("sgd", 0.0)
+  report = module.report("pairs=li_fc-mnist,optimizer=adam,rate_rule=fixed")
+  assert any("optimizer=adam" in note for note in report["notes"])
+  with pytest.raises(ValueError, match=r"rate_rule='capped' scales the rate by 250 / d"):
+    module.parse("optimizer=adam,rate_rule=capped")
+  with pytest.raises(ValueError, match=r"optimizer='rmsprop' is not supported"):
+    module.parse("optimizer=rmsprop")
+
+
 def test_entries_set_the_protocol_and_the_same_fields():
   module = config_module()
   arg = module.parse("pairs=fc-mnist+li_lenet-mnist,d_max=256,rate_rule=capped")
@@ -555,6 +579,7 @@ def test_command_searches_each_d_s_rate_and_rebuilds_from_records(tmp_path, monk
     f"2^{start + 1}: 9.100 |"
   ) in text
   assert "- Rate search at every d: the first seed trains at powers of two" in text
+  assert f"over {len(trained)} finished run(s)" in text  # the header counts the tries too
 
   def never(config, workdir):
     raise AssertionError("a done run was trained again")

@@ -656,3 +656,60 @@ def test_command_line_describes_fields_and_config_files(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   assert "train.epochs                  2 (default 100)" in out.stdout
   assert re.search(r"\n  default.py +FC on MNIST", out.stdout)
+
+
+@pytest.mark.parametrize("method", ["sgd", "fpd", "rbd"])
+def test_optimizer_adam_and_weight_decay_build_the_documented_chain(method):
+  """train.optimizer=adam: optax.adam for SGD, Adam on the coordinates for FPD/RBD; L2 first."""
+  import optax
+
+  import random_bases as rb
+
+  config = tiny_config(method, **{"train.optimizer": "adam", "train.weight_decay": 0.01})
+  config_lib.validate(config)
+  params = {"w": jnp.linspace(-1.0, 1.0, 80), "b": jnp.array([0.5, -0.5])}
+  lr = config.learning_rate[method]
+  seed = jax.random.fold_in(jax.random.key(config.seed), 0)  # phase 0's seed
+  if method == "sgd":
+    inner = optax.adam(lr)
+  else:
+    factory = rb.fpd if method == "fpd" else rb.rbd
+    inner = factory(
+      lr,
+      config.bases.d,
+      seed=seed,
+      generator=config.bases.generator,
+      coordinate_transform=optax.scale_by_adam(),
+    )
+  want_tx = optax.chain(optax.add_decayed_weights(0.01), inner)
+  got_tx = train.make_optimizer(method, config=config, phase=0)
+  got_state, want_state = got_tx.init(params), want_tx.init(params)
+  for step in range(3):
+    g = {"w": jnp.sin(jnp.arange(80.0) + step), "b": jnp.array([1.0, -2.0]) * step}
+    got, got_state = got_tx.update(g, got_state, params)
+    want, want_state = want_tx.update(g, want_state, params)
+    np.testing.assert_array_equal(ravel_pytree(got)[0], ravel_pytree(want)[0])
+    params = jax.tree.map(lambda p, u: p + u, params, got)
+  # The default stays the seed paper's plain steps without decay.
+  plain = tiny_config(method)
+  assert (plain.train.optimizer, plain.train.weight_decay) == ("sgd", 0.0)
+
+
+@pytest.mark.parametrize(
+  "overrides, message",
+  [
+    ({"train.optimizer": "rmsprop"}, r"train.optimizer='rmsprop' is not supported.*'sgd', 'adam'"),
+    ({"train.weight_decay": -1e-4}, r"train.weight_decay=-0.0001 must be a number >= 0"),
+    (
+      {"train.optimizer": "adam", "workers": 2},
+      r"train.optimizer='adam' with RBD/FPD .* needs workers=1, not 2",
+    ),
+    (
+      {"train.weight_decay": 1e-4, "bases.coordinates": "forward"},
+      r"train.weight_decay adds weight_decay \* theta to the gradient, which forward mode",
+    ),
+  ],
+)
+def test_bad_optimizer_settings_are_refused(overrides, message):
+  with pytest.raises(ValueError, match=message):
+    config_lib.validate(tiny_config("rbd", **overrides))

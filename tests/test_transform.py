@@ -9,6 +9,7 @@ import numpy as np
 import optax
 import pytest
 import reference
+from jax.flatten_util import ravel_pytree
 
 import random_bases as rb
 
@@ -439,3 +440,60 @@ def test_forward_mode_rejects_params_unlike_those_of_init():
   state = tx.init({"w": jnp.ones(20)})
   with pytest.raises(ValueError, match=r"params does not match.*'w' has shape \(21,\)"):
     tx.update(None, state, {"w": jnp.ones(21)}, value_fn=lambda p: jnp.sum(p["w"]))
+
+
+@pytest.mark.parametrize("forward", [False, True])
+def test_fpd_with_adam_on_the_coordinates_is_adam_on_theta_0_plus_p_c(forward):
+  """Li et al.'s setup: Adam over c of L(theta_0 + P c), two compartments of their own P."""
+  params, lr, steps = make_params(), 0.05, 6
+  dims = [2, 3]  # the "dense" compartment (15 floats) and the "out" one (8)
+  tx = rb.fpd(
+    lr,
+    dims,
+    seed=3,
+    generator="threefry",
+    compartments=["dense/", "out/"],
+    coordinate_transform=optax.scale_by_adam(),
+  )
+  state = tx.init(params)
+  theta = params
+  for _ in range(steps):
+    if forward:
+      updates, state = tx.update(None, state, theta, value_fn=loss_fn)
+    else:
+      updates, state = tx.update(jax.grad(loss_fn)(theta), state, theta)
+    theta = optax.apply_updates(theta, updates)
+  # The reference: the block-diagonal P built by hand, and optax.adam over c.
+  blocks = [reference.dense_basis(3, 0, 0, k, dims[k], n) for k, n in enumerate((15, 8))]
+  p = np.zeros((23, 5))
+  p[:15, :2], p[15:, 2:] = blocks
+  # ravel_pytree's order, dense/bias, dense/kernel, out/bias, out/kernel, is the compartments'.
+  flat0, unravel = ravel_pytree(params)
+  p_jnp = jnp.asarray(p, jnp.float32)
+
+  def loss_of_c(c):
+    return loss_fn(unravel(flat0 + p_jnp @ c))
+
+  c, adam = jnp.zeros(5), optax.adam(lr)
+  adam_state = adam.init(c)
+  for _ in range(steps):
+    step, adam_state = adam.update(jax.grad(loss_of_c)(c), adam_state)
+    c = optax.apply_updates(c, step)
+  want = flat0 + p_jnp @ c
+  np.testing.assert_allclose(ravel_pytree(theta)[0], want, rtol=1e-4, atol=1e-6)
+  assert state[0].coordinate_state.mu.shape == (5,)  # Adam's statistics: 2 x d floats
+
+
+def test_coordinate_transform_identity_is_the_plain_update_and_bad_ones_are_refused():
+  params, g = make_params(), make_grad(4)
+  plain = rb.rbd(0.1, 7, seed=1)
+  through = rb.rbd(0.1, 7, seed=1, coordinate_transform=optax.identity())
+  plain_state, through_state = plain.init(params), through.init(params)
+  for _ in range(2):  # the second step draws a new basis
+    u1, plain_state = plain.update(g, plain_state)
+    u2, through_state = through.update(g, through_state)
+    np.testing.assert_allclose(reference.flat(u2), reference.flat(u1), rtol=1e-5, atol=1e-7)
+  with pytest.raises(ValueError, match="coordinate_transform=.* must be None or an optax"):
+    rb.scale_by_random_bases(4, coordinate_transform=lambda c: c)
+  with pytest.raises(ValueError, match="coordinate_transform applies to a single worker"):
+    rb.scale_by_random_bases(4, axis_name="workers", coordinate_transform=optax.identity())

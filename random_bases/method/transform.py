@@ -69,10 +69,13 @@ class ScaleByRandomBasesState(NamedTuple):
       ``init``, so that ``update`` rejects a gradient with other leaves (names,
       shapes or dtypes) at trace time (``NO_PARAMETERS`` for a tree without
       leaves).
+    coordinate_state: the state of ``coordinate_transform`` over the
+      coordinate vector (``EmptyState()`` without one).
   """
 
   count: jax.Array
   param_signature: ParamsSignature | str
+  coordinate_state: optax.OptState = optax.EmptyState()
 
 
 def _normalize_mode(normalize) -> str:
@@ -133,6 +136,7 @@ def scale_by_random_bases(
   generator: str = dirs.DEFAULT_GENERATOR,
   block_rows: int | None = None,
   structure: str = "dense",
+  coordinate_transform: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Projects the gradient onto a random subspace and back.
 
@@ -172,6 +176,17 @@ def scale_by_random_bases(
   ``jax.grad(loss)(jax.lax.pcast(params, axis_name, to="varying"), ...)``,
   or JAX all-reduces the D-float gradient over the workers first.
 
+  **Coordinate optimizers.** With ``coordinate_transform`` (an optax
+  transformation, e.g. ``optax.scale_by_adam()``) the coordinates c of all
+  compartments, concatenated, pass through it before the expansion:
+  :math:`u = P_t\,\tau(c)`. With ``redraw=False`` this trains
+  :math:`\theta_0 + P c` over c by that optimizer, Li et al.'s setup (Adam on
+  the subspace coordinates). Its state holds its own statistics of the d
+  coordinates (Adam: 2d floats), the only state that grows with d. With
+  ``redraw=True`` coordinate i means a new direction every step, so
+  statistics carried across steps (Adam's first moment) mix unrelated
+  directions.
+
   Args:
     d: number of directions: the total when ``allocation='proportional'``,
       per compartment when ``'fixed'``, the compression factor c when
@@ -207,6 +222,10 @@ def scale_by_random_bases(
       entries, so they take only the default ``distribution='normal'``; in
       forward mode their directions are materialised a block at a time. See
       ``random_bases.method.structured``.
+    coordinate_transform: an optax transformation applied to the coordinate
+      vector (all compartments' c, concatenated) before the expansion, or
+      None (the coordinates as they are). Single worker only
+      (``axis_name=None``).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs``. ``init`` checks the
@@ -254,6 +273,17 @@ def scale_by_random_bases(
   if axis_name is not None and not isinstance(axis_name, str):
     raise ValueError(f"axis_name={axis_name!r} must be None or a string")
   dirs.base_key(seed)  # rejects seeds that are neither integers nor keys
+  if coordinate_transform is not None:
+    if not isinstance(coordinate_transform, optax.GradientTransformation):
+      raise ValueError(
+        f"coordinate_transform={coordinate_transform!r} must be None or an optax "
+        "GradientTransformation, e.g. optax.scale_by_adam()"
+      )
+    if axis_name is not None:
+      raise ValueError(
+        "coordinate_transform applies to a single worker's coordinates: give "
+        f"axis_name=None (got {axis_name!r}); workers apply the gathered coordinates as they are"
+      )
 
   def layout_of(tree):
     return comp_lib.make_layout(tree, d=d, compartments=compartments, allocation=allocation)
@@ -262,8 +292,16 @@ def scale_by_random_bases(
     count = jnp.zeros([], jnp.int32)
     if not jax.tree.leaves(params):  # e.g. optax.tree.map_params's placeholder
       return ScaleByRandomBasesState(count=count, param_signature=NO_PARAMETERS)
-    layout_of(params)
-    return ScaleByRandomBasesState(count=count, param_signature=ParamsSignature.of(params))
+    layout = layout_of(params)
+    coordinate_state = optax.EmptyState()
+    if coordinate_transform is not None:
+      total_d = sum(c.dim for c in layout.compartments)
+      coordinate_state = coordinate_transform.init(jnp.zeros((total_d,), jnp.float32))
+    return ScaleByRandomBasesState(
+      count=count,
+      param_signature=ParamsSignature.of(params),
+      coordinate_state=coordinate_state,
+    )
 
   def update_fn(updates, state, params=None, *, value_fn=None, **extra_args):
     del extra_args  # other transformations' extra arguments
@@ -309,9 +347,20 @@ def scale_by_random_bases(
         bases[k], key=dirs.compartment_key(seed, step=step, worker=worker, compartment=k)
       )
 
-    if axis_name is None:
+    coordinate_state = state.coordinate_state
+    if axis_name is None and coordinate_transform is None:
       pieces = [
         projection.project_and_expand(basis_for(k, 0), fn)[1] for k, fn in enumerate(coordinate_fns)
+      ]
+    elif axis_name is None:
+      coords = jnp.concatenate(
+        [projection.project(basis_for(k, 0), fn) for k, fn in enumerate(coordinate_fns)]
+      )
+      coords, coordinate_state = coordinate_transform.update(coords, coordinate_state)
+      ends = np.cumsum([c.dim for c in layout.compartments])[:-1]
+      pieces = [
+        projection.expand(basis_for(k, 0), c.astype(jnp.float32))
+        for k, c in enumerate(jnp.split(coords, ends))
       ]
     else:
       worker = jax.lax.axis_index(axis_name)
@@ -341,7 +390,9 @@ def scale_by_random_bases(
         )
     new_updates = layout.unravel(jnp.concatenate(pieces))
     return new_updates, ScaleByRandomBasesState(
-      count=optax.safe_increment(state.count), param_signature=state.param_signature
+      count=optax.safe_increment(state.count),
+      param_signature=state.param_signature,
+      coordinate_state=coordinate_state,
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -376,6 +427,7 @@ def rbd(
   generator: str = dirs.DEFAULT_GENERATOR,
   block_rows: int | None = None,
   structure: str = "dense",
+  coordinate_transform: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Random bases descent: :math:`\theta \leftarrow \theta - \eta P_t P_t^\top g`.
 
@@ -399,6 +451,8 @@ def rbd(
     generator: the random-number generator, ``'hash'`` or ``'threefry'``.
     block_rows: directions generated at a time (speed/memory only).
     structure: ``'dense'``, ``'srht'`` or ``'fastfood'`` directions.
+    coordinate_transform: an optax transformation of the coordinates
+      before the expansion (e.g. ``optax.scale_by_adam()``), or None.
 
   Returns:
     ``optax.chain(scale_by_random_bases(d, ...),
@@ -424,6 +478,7 @@ def rbd(
       generator=generator,
       block_rows=block_rows,
       structure=structure,
+      coordinate_transform=coordinate_transform,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )
@@ -442,6 +497,7 @@ def fpd(
   generator: str = dirs.DEFAULT_GENERATOR,
   block_rows: int | None = None,
   structure: str = "dense",
+  coordinate_transform: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Fixed projection descent: ``rbd`` with ``redraw=False``.
 
@@ -461,6 +517,9 @@ def fpd(
     block_rows: directions generated at a time (speed/memory only).
     structure: ``'dense'``, ``'srht'`` or ``'fastfood'`` directions (with
       ``'fastfood'`` this is Li et al.'s Fastfood projection).
+    coordinate_transform: an optax transformation of the coordinates c;
+      ``optax.scale_by_adam()`` trains :math:`\theta_0 + P_0 c` by Adam, as
+      Li et al. do.
 
   Returns:
     ``rbd(learning_rate, d, redraw=False, ...)``.
@@ -482,4 +541,5 @@ def fpd(
     generator=generator,
     block_rows=block_rows,
     structure=structure,
+    coordinate_transform=coordinate_transform,
   )
