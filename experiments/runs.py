@@ -343,24 +343,47 @@ def read_records(folder: str) -> dict[str, dict]:
   }
 
 
+def at_length(found: results_lib.RunResult, epochs: int) -> results_lib.RunResult:
+  """``found`` as it stood after ``epochs`` epochs, if its workdir has gone further.
+
+  Workdir names leave ``train.epochs`` out, so that raising it extends a run:
+  a longer sweep of the same config (another results file) extends this
+  run's workdir past the length this run asked for. Its result is the one
+  at its own length, which ended there, finished.
+  """
+  if not any(m.get("epoch", 0) > epochs for m in found.metrics):
+    return found
+  status = found.status and {**found.status, "status": "finished", "epochs": epochs}
+  if status:
+    status["reason"] = None
+  return dataclasses.replace(
+    found, metrics=[m for m in found.metrics if m.get("epoch", 0) <= epochs], status=status
+  )
+
+
 def run_result(run: Run) -> results_lib.RunResult:
   """The run as its record holds it, unless its workdir has gone further (or it has none).
 
   The record is what the results file regenerates from, so it wins over a
   workdir of the same length: another results file's run of the same config,
   trained from other code, shares the workdir and must not change this file's
-  header. A workdir with more epochs (a run extended since its record) wins.
+  header. A workdir with more epochs (a run extended since its record) wins,
+  up to the epochs the run asks for (``at_length``).
   """
-  found = read_workdir(run.workdir, run.seed)
+  epochs = run.config.train.epochs
+  found = at_length(read_workdir(run.workdir, run.seed), epochs)
   record = _read_json(run.record) if run.record else None
   if record is None or len(found.metrics) > len(record["metrics"]):
     return found
-  return results_lib.RunResult(
-    seed=run.seed,
-    workdir=run.workdir,
-    metrics=record["metrics"],
-    status=record["status"],
-    data=record["data"],
+  return at_length(
+    results_lib.RunResult(
+      seed=run.seed,
+      workdir=run.workdir,
+      metrics=record["metrics"],
+      status=record["status"],
+      data=record["data"],
+    ),
+    epochs,
   )
 
 
@@ -378,8 +401,8 @@ def is_done(run: Run) -> bool:
 
 
 def run_record(run: Run) -> dict[str, Any]:
-  """The record of the run its workdir holds: what it is, ran from and measured."""
-  found = read_workdir(run.workdir, run.seed)
+  """The record of the run its workdir holds (to the run's epochs): what it is, ran from and measured."""
+  found = at_length(read_workdir(run.workdir, run.seed), run.config.train.epochs)
   return {
     "name": run.name,
     "seed": run.seed,

@@ -257,12 +257,42 @@ def test_a_run_is_bit_identical_in_two_fresh_processes(tmp_path):
   ]
 
 
+def epochs_config(epochs: int):
+  """A run's config asking for ``epochs`` epochs."""
+  config = config_lib.base_config()
+  config.train.epochs = epochs
+  return config
+
+
+def test_a_workdir_extended_by_a_longer_sweep_counts_to_the_run_s_own_epochs(tmp_path):
+  """Workdir names leave train.epochs out: a 100-epoch sweep of the same config extends a
+  3-epoch file's workdir, and that file still reads its run as it stood after 3 epochs."""
+  workdir, record = tmp_path / "w", tmp_path / "records" / "w.json"
+  short = runs.Run({"name": "R"}, 0, epochs_config(2), str(workdir), str(record))
+  long = runs.Run({"name": "R"}, 0, epochs_config(4), str(workdir), None)
+  rows = [{"epoch": e, "validation_accuracy": 0.5 + e / 10} for e in (1, 2, 3)]
+  workdir.mkdir()
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  (workdir / runs.STATUS_FILE).write_text(json.dumps({"status": "diverged", "epochs": 3}))
+  found = runs.run_result(short)
+  assert found.metrics == rows[:2] and found.final["validation_accuracy"] == 0.7
+  assert found.status == {"status": "finished", "epochs": 2, "reason": None} and found.ended
+  assert runs.is_done(short)
+  record.parent.mkdir()
+  runs.write_record(short)  # written from the longer workdir: the run's own 2 epochs
+  assert json.loads(record.read_text())["metrics"] == rows[:2]
+  assert runs.run_result(short).metrics == rows[:2]
+  assert runs.run_result(long).metrics == rows and runs.is_done(long)  # diverged at 3 of 4
+
+
 def test_a_record_wins_over_a_workdir_of_the_same_length_that_another_file_trained(tmp_path):
   """Two results files share a config, so a workdir: the one trained later, from other code,
   must not change the first file's run (its header's commit, its times); only a workdir
   that has gone further than the record (an extended run) is newer."""
   workdir, record = tmp_path / "w", tmp_path / "records" / "w.json"
-  run = runs.Run(entry={"name": "R"}, seed=0, config=None, workdir=str(workdir), record=str(record))
+  run = runs.Run(
+    entry={"name": "R"}, seed=0, config=epochs_config(2), workdir=str(workdir), record=str(record)
+  )
   rows = [{"epoch": 1, "validation_accuracy": 0.5, "epoch_seconds": 70.0}]
   record.parent.mkdir()
   status = {"status": "finished", "epochs": 1, "commit": "aaaaaaa", "clean": True}
