@@ -401,7 +401,7 @@ def is_done(run: Run) -> bool:
 
 
 def run_record(run: Run) -> dict[str, Any]:
-  """The record of the run its workdir holds (to the run's epochs): what it is, ran from and measured."""
+  """The record of the run its workdir holds, to the run's epochs: what it is, ran, measured."""
   found = at_length(read_workdir(run.workdir, run.seed), run.config.train.epochs)
   return {
     "name": run.name,
