@@ -516,7 +516,11 @@ def _tries_text(tries: Mapping[int, tuple[float, str]] | None, chosen: float | N
     star = "*" if chosen is not None and chosen == 2.0**log2 else ""
     text = f"{loss:.3f}" if math.isfinite(loss) else status
     cells.append(f"2^{log2}: {text}{star}")
-  return ", ".join(cells)
+  # The search steps past a best rate at either end of the tries unless its
+  # span stops it, so a chosen end rate is one the span cut short.
+  ends = (2.0 ** min(tries), 2.0 ** max(tries))
+  edge = " (the span's end: a rate beyond it was not tried)" if chosen in ends else ""
+  return ", ".join(cells) + edge
 
 
 def markdown(report: dict, states: dict[str, PairState], header: list[tuple[str, str]]) -> str:

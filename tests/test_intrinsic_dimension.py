@@ -245,6 +245,15 @@ def test_search_rate_stops_at_its_span_and_steps_down_past_divergence():
     idim.search_rate(lambda log2: 1.0, start=0, span=0)
 
 
+def test_a_rate_chosen_at_the_end_of_the_tries_is_marked():
+  tries = {2: (0.5, "finished"), 3: (0.4, "finished"), 4: (math.inf, "diverged")}
+  assert idim._tries_text(tries, 2.0**3) == "2^2: 0.500, 2^3: 0.400*, 2^4: diverged"
+  tries = {5: (0.5, "finished"), 6: (0.4, "finished"), 7: (0.3, "finished")}
+  assert idim._tries_text(tries, 2.0**7).endswith(
+    "2^7: 0.300* (the span's end: a rate beyond it was not tried)"
+  )
+
+
 def test_log_spread():
   assert idim.log_spread([100, 400]) == "200 \u00d7/ 2.67 (100, 400)"
   assert idim.log_spread([250]) == "250"
@@ -579,6 +588,7 @@ def test_command_searches_each_d_s_rate_and_rebuilds_from_records(tmp_path, monk
     f"2^{start + 1}: 9.100 |"
   ) in text
   assert "- Rate search at every d: the first seed trains at powers of two" in text
+  assert "the span's end" not in text  # every best rate was inside the tries
   assert f"over {len(trained)} finished run(s)" in text  # the header counts the tries too
 
   def never(config, workdir):
