@@ -395,7 +395,7 @@ def measure(
       points = state.points.setdefault(method, {})
       tries = state.tries.setdefault(method, {})
 
-      def rate_at(d, model=model, dataset=dataset, method=method, tries=tries):
+      def searched_log2(d, model=model, dataset=dataset, method=method, tries=tries):
         """The searched rule's log2 rate at d (its tries trained), or None for the other rules."""
         search_spec = spec.get("rate_search")
         if not search_spec:
@@ -413,7 +413,7 @@ def measure(
         return search_rate(loss_at, start=start, span=search_spec["span"])[0]
 
       def accuracy_at(d, model=model, dataset=dataset, method=method, points=points, metric=metric):
-        log2 = rate_at(d)
+        log2 = searched_log2(d)
         points[d] = runs_of(sweep.module.point(arg, model, dataset, method, d, log2))
         _execute_all(points[d], train_fn, progress, planned)
         write(states)
@@ -453,8 +453,11 @@ def _mean_std(values: list[float]) -> str:
   return f"{mean:.2f}" if std is None else f"{mean:.2f} \u00b1 {std:.2f}"
 
 
-def pair_summary(state: PairState, fractions: Sequence[float]) -> dict:
-  """Baseline, per method the curve (complete d's only) and the estimates, failures named."""
+def pair_summary(state: PairState, spec: dict) -> dict:
+  """Baseline, per method the curve (complete d's only), the estimates and the rate search's
+  tries (by ``spec['rate_search']['metric']``), failures named."""
+  fractions = spec["fractions"]
+  search_metric = (spec.get("rate_search") or {}).get("metric")
   metric = state.spec["metric"]
   base = [run_accuracy(r, metric) for r in state.baseline]
   baseline_values = [v for v, _ in base if v is not None]
@@ -475,7 +478,6 @@ def pair_summary(state: PairState, fractions: Sequence[float]) -> dict:
     if done and curve and sum(baseline_values) > 0:
       baseline = sum(baseline_values) / len(baseline_values)
       estimates = [estimate(curve, baseline=baseline, fraction=f) for f in fractions]
-    search_metric = (state.spec.get("rate_search") or {}).get("metric", "train_loss")
     summary["methods"][method] = {
       "curve": curve,
       "states": states,
@@ -486,6 +488,7 @@ def pair_summary(state: PairState, fractions: Sequence[float]) -> dict:
           for log2, run in tried.items()
         }
         for d, tried in state.tries.get(method, {}).items()
+        if search_metric
       },
       "estimates": estimates,
     }
@@ -563,7 +566,7 @@ def markdown(report: dict, states: dict[str, PairState], header: list[tuple[str,
   curves_lines, failures = [], []
   for key, state in states.items():
     pair = state.spec
-    summary = pair_summary(state, spec["fractions"])
+    summary = pair_summary(state, spec)
     failures += summary["failures"]
     published = pair.get("published")
     for method, found in summary["methods"].items():
@@ -633,7 +636,7 @@ def plot(report: dict, states: dict[str, PairState], path: str) -> None:
   colors = {"fpd": "tab:blue", "rbd": "tab:orange"}
   for ax, state in zip(axes.flat, states.values(), strict=False):
     pair = state.spec
-    summary = pair_summary(state, spec["fractions"])
+    summary = pair_summary(state, spec)
     if summary["baseline"]:
       baseline = sum(summary["baseline"]) / len(summary["baseline"])
       ax.axhline(100 * baseline, color="black", lw=1, label="SGD (all D)")
