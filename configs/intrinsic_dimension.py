@@ -32,6 +32,8 @@ Argument keys (beside the scale keys of ``configs/common.py``):
   is, so every d costs about as much as SGD), ``fastfood`` (Li et al.'s
   projection for large D) or ``dense`` (i.i.d. Gaussian rows: O(d D) a step).
 * ``rate_rule``: the learning rate at d from the rate at d = 250 (below).
+* ``rate_span``: how far the searched rule's line search may go from its
+  start, in halvings or doublings (default ``RATE_SPAN``).
 * ``rates``: ``sgd=-3+fpd=5+rbd=4`` overrides the log2 rates at d = 250.
 * ``metric``: the accuracy the threshold is on; '' = the protocol's.
 * ``optimizer``: ``sgd`` (default: plain steps at the seed paper's tuned
@@ -72,7 +74,7 @@ rate eta_250 found there:
   first seed trains at 2^(c-1), 2^c and 2^(c+1), where 2^c is the capped
   rule's rate at d, and goes on halving (doubling) while the lowest final
   training loss is at the smallest (largest) rate tried, at most
-  ``RATE_SEARCH_SPAN`` steps from c; a diverged run counts as infinite loss.
+  ``rate_span`` steps from c; a diverged run counts as infinite loss.
   The other seeds train at the rate with the lowest loss, and d's accuracy
   is the mean over all seeds at that rate. Measured on FC-MNIST under the
   capped rule, both d_int90 crossings sat exactly where the rule halves the
@@ -114,9 +116,11 @@ MODEL_TITLES = {**common.MODEL_TITLES, "li_fc": "Li-FC", "li_lenet": "Li-LeNet"}
 METHODS = ("fpd", "rbd")
 RATE_RULES = ("searched", "capped", "scaled", "fixed")
 # The searched rule tries rates 2^(c-1), 2^c, 2^(c+1) around the capped rule's
-# 2^c and walks on while the best is at an edge, at most this many halvings
-# or doublings from c.
-RATE_SEARCH_SPAN = 3
+# 2^c and walks on while the best is at an edge, at most rate_span halvings
+# or doublings from c. A bound is needed: where FPD barely learns (small d)
+# the loss falls towards its initial value as the rate falls, with no end.
+# 3 cut Li-LeNet's FPD search short at the d_int90 crossing (d = 279).
+RATE_SPAN = 5
 # What the searched rule minimises: the first seed's final training loss (a
 # diverged run counts as infinite). Not the thresholded accuracy, which would
 # pick each d's rate on the numbers d_int is read from.
@@ -175,6 +179,7 @@ MEANINGS = {
   "bisections": "bisection steps per threshold after the grid",
   "structure": "srht | fastfood | dense: the bases' structure",
   "rate_rule": "searched | capped | scaled | fixed: the rate at d (from the rate at d = 250)",
+  "rate_span": "the searched rule's farthest try from its start, in halvings or doublings",
   "rates": "log2 rates at d = 250 overriding the tuned ones: sgd=-3+fpd=5+rbd=4",
   "metric": "the accuracy thresholded; '' = the protocol's",
   "optimizer": "sgd | adam: plain steps at tuned rates, or Li et al.'s Adam (2^-10) on the "
@@ -190,6 +195,7 @@ DEFAULTS = dict(
   bisections=4,
   structure="srht",
   rate_rule="searched",
+  rate_span=RATE_SPAN,
   optimizer="sgd",
   rates="",
   metric="",
@@ -204,6 +210,9 @@ def parse(arg: str | None):
   checks.check_choice("structure", parsed.structure, STRUCTURES)
   checks.check_choice("rate_rule", parsed.rate_rule, RATE_RULES)
   checks.check_choice("optimizer", parsed.optimizer, OPTIMIZERS)
+  span = parsed.rate_span
+  if isinstance(span, bool) or not isinstance(span, int) or span < 1:
+    raise ValueError(f"rate_span={span!r} must be an integer >= 1")
   if parsed.optimizer == "adam" and parsed.rate_rule in ("capped", "scaled"):
     raise ValueError(
       f"rate_rule={parsed.rate_rule!r} scales the rate by 250 / d, the size of a plain step; "
@@ -501,7 +510,7 @@ def report(arg=None):
     "bisections": intrinsic_dimension.check_bisections(arg.bisections),
     "structure": arg.structure,
     "rate_rule": arg.rate_rule,
-    "rate_search": {"span": RATE_SEARCH_SPAN, "metric": RATE_SEARCH_METRIC}
+    "rate_search": {"span": arg.rate_span, "metric": RATE_SEARCH_METRIC}
     if arg.rate_rule == "searched"
     else None,
   }

@@ -345,6 +345,7 @@ def test_config_refuses_bad_input_before_anything_runs():
     "rate_rule=linear": r"rate_rule='linear' is not supported; allowed values: 'searched'",
     "structure=sparse": r"structure='sparse' is not supported",
     "bisections=-1": r"bisections=-1 must be an integer >= 0",
+    "rate_span=0": r"rate_span=0 must be an integer >= 1",
   }
   for arg, message in cases.items():
     with pytest.raises(ValueError, match=message):
