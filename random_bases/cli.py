@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from absl import flags
 
-from random_bases import config_lib, interrupts, train
+from random_bases import config_lib, train
 from random_bases import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
@@ -103,8 +103,7 @@ def report_errors(
     value_error: the words before a ValueError's message.
   """
   try:
-    with interrupts.caught():
-      return function()
+    return function()
   except KeyboardInterrupt:
     if traceback_wanted():
       raise

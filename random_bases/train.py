@@ -52,7 +52,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import random_bases as rb
-from random_bases import config_lib, data, distributed, interrupts, models
+from random_bases import config_lib, data, distributed, models
 from random_bases import workdir as workdir_lib
 from random_bases.data import preprocess
 
@@ -643,7 +643,6 @@ def run_epoch(
   order = trainer.epoch_order(epoch)
   epoch_start, chunks = time.perf_counter(), []
   for first in range(0, trainer.steps_per_epoch, log_every):
-    interrupts.raise_if_requested()  # a Ctrl-C that a callback swallowed still stops here
     count = min(log_every, trainer.steps_per_epoch - first)
     tic = time.perf_counter()
     state, metrics = trainer.run_steps(phase, state, order, count)
