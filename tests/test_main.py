@@ -287,8 +287,16 @@ def test_ctrl_c_says_how_to_resume_and_exits_130(tmp_path):
   # Before: a KeyboardInterrupt traceback.
   workdir = tmp_path / "run"
   args = [*TINY, f"--workdir={workdir}", "--config.train.epochs=1000"]
+  # Started as from a terminal, with SIGINT at its default: a child inherits an
+  # ignored SIGINT, and under pytest-xdist the worker's SIGINT was seen ignored
+  # after other tests (the child then trained all 1000 epochs).
   process = subprocess.Popen(
-    command(*args), cwd=ROOT, stderr=subprocess.PIPE, text=True, env=environment()
+    command(*args),
+    cwd=ROOT,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=environment(),
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   seen = []
   try:
