@@ -210,9 +210,9 @@ def parse(arg: str | None):
   checks.check_choice("structure", parsed.structure, STRUCTURES)
   checks.check_choice("rate_rule", parsed.rate_rule, RATE_RULES)
   checks.check_choice("optimizer", parsed.optimizer, OPTIMIZERS)
-  span = parsed.rate_span
-  if isinstance(span, bool) or not isinstance(span, int) or span < 1:
-    raise ValueError(f"rate_span={span!r} must be an integer >= 1")
+  from experiments import intrinsic_dimension  # the pure search; no jax work
+
+  intrinsic_dimension.check_span(parsed.rate_span, field="rate_span")
   if parsed.optimizer == "adam" and parsed.rate_rule in ("capped", "scaled"):
     raise ValueError(
       f"rate_rule={parsed.rate_rule!r} scales the rate by 250 / d, the size of a plain step; "
@@ -338,6 +338,11 @@ def search_start(arg, model: str, dataset: str, method: str, d: int) -> int:
   return rate_at(arg, model, dataset, method, d).log2
 
 
+def first_log2(arg, model: str, dataset: str, method: str, d: int) -> int | None:
+  """The log2 rate of the first run at ``d``: the search's start under ``searched``, else None."""
+  return search_start(arg, model, dataset, method, d) if arg.rate_rule == "searched" else None
+
+
 def point(
   arg, model: str, dataset: str, method: str, d: int | None = None, log2: int | None = None
 ) -> dict:
@@ -417,7 +422,7 @@ def get_config(arg=None):
   model, dataset = pairs(arg)[0]
   config = base(arg)
   d = min(1024, arg.d_max)
-  log2 = search_start(arg, model, dataset, "fpd", d) if arg.rate_rule == "searched" else None
+  log2 = first_log2(arg, model, dataset, "fpd", d)
   common.apply(config, point(arg, model, dataset, "fpd", d, log2))
   return config
 
@@ -435,11 +440,9 @@ def sweep(arg=None):
     entries.append(point(arg, model, dataset, "sgd"))
     for method in methods(arg):
       for d in grid(arg, model, dataset):
-        if arg.rate_rule == "searched":
-          start = search_start(arg, model, dataset, method, d)
-          entries.append({**point(arg, model, dataset, method, d, start), "seeds": 1})
-        else:
-          entries.append(point(arg, model, dataset, method, d))
+        log2 = first_log2(arg, model, dataset, method, d)
+        entry = point(arg, model, dataset, method, d, log2)
+        entries.append(entry if log2 is None else {**entry, "seeds": 1})
   return entries
 
 

@@ -72,6 +72,13 @@ def check_bisections(bisections: int) -> int:
   return bisections
 
 
+def check_span(span: int, field: str = "span") -> int:
+  """The rate search's span; a ValueError unless it is an integer >= 1."""
+  if isinstance(span, bool) or not isinstance(span, int) or span < 1:
+    raise ValueError(f"{field}={span!r} must be an integer >= 1")
+  return span
+
+
 def check_dims(dims: Sequence[int], *, big_d: int, field: str = "grid") -> list[int]:
   """The d's sorted; a ValueError unless each is an integer in [1, D] and there is one."""
   if not dims:
@@ -206,8 +213,7 @@ def search_rate(
   Returns:
     (the chosen log2, every log2 tried -> its loss).
   """
-  if isinstance(span, bool) or not isinstance(span, int) or span < 1:
-    raise ValueError(f"span={span!r} must be an integer >= 1")
+  check_span(span)
   tried: dict[int, float] = {}
   for log2 in (start - 1, start, start + 1):
     tried[log2] = loss_at(log2)
@@ -318,15 +324,18 @@ def run_accuracy(run, metric: str) -> tuple[float | None, str]:
   return float(found.final[metric]), status
 
 
-def run_loss(run, metric: str) -> float:
-  """A tried rate's loss: the run's final ``metric``, ``inf`` if it diverged or has none."""
+def run_loss(run, metric: str) -> tuple[float, str]:
+  """A tried rate's loss and state: (final ``metric``, "finished"), or (inf, why not)."""
   from experiments import runs as runs_lib
 
   found = runs_lib.run_result(run)
-  if (found.status or {}).get("status") != "finished" or found.final is None:
-    return math.inf
+  status = (found.status or {}).get("status")
+  if status is None or found.final is None:
+    return math.inf, "not run"
   value = found.final.get(metric)
-  return float(value) if value is not None and math.isfinite(value) else math.inf
+  if status != "finished" or value is None or not math.isfinite(value):
+    return math.inf, status
+  return float(value), status
 
 
 def _execute_all(runs: list, train_fn, progress, planned: set[str]) -> None:
@@ -407,7 +416,7 @@ def measure(
           tried[log2] = runs_of(entry)[0]
           _execute_all([tried[log2]], train_fn, progress, planned)
           write(states)
-          return run_loss(tried[log2], search_spec["metric"])
+          return run_loss(tried[log2], search_spec["metric"])[0]
 
         start = sweep.module.search_start(arg, model, dataset, method, d)
         return search_rate(loss_at, start=start, span=search_spec["span"])[0]
@@ -483,10 +492,7 @@ def pair_summary(state: PairState, spec: dict) -> dict:
       "states": states,
       "rates": rates,
       "tries": {
-        d: {
-          log2: (run_loss(run, search_metric), run_accuracy(run, metric)[1])
-          for log2, run in tried.items()
-        }
+        d: {log2: run_loss(run, search_metric) for log2, run in tried.items()}
         for d, tried in state.tries.get(method, {}).items()
         if search_metric
       },

@@ -353,9 +353,7 @@ def at_length(found: results_lib.RunResult, epochs: int) -> results_lib.RunResul
   """
   if not any(m.get("epoch", 0) > epochs for m in found.metrics):
     return found
-  status = found.status and {**found.status, "status": "finished", "epochs": epochs}
-  if status:
-    status["reason"] = None
+  status = found.status and {**found.status, "status": "finished", "epochs": epochs, "reason": None}
   return dataclasses.replace(
     found, metrics=[m for m in found.metrics if m.get("epoch", 0) <= epochs], status=status
   )

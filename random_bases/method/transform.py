@@ -347,26 +347,29 @@ def scale_by_random_bases(
         bases[k], key=dirs.compartment_key(seed, step=step, worker=worker, compartment=k)
       )
 
+    # Compartment k's coordinates are coords[offsets[k] : offsets[k] + d_k].
+    offsets = [sum(c.dim for c in layout.compartments[:k]) for k in range(len(bases))]
+
+    def coordinates_of(worker):
+      return jnp.concatenate(
+        [projection.project(basis_for(k, worker), fn) for k, fn in enumerate(coordinate_fns)]
+      )
+
     coordinate_state = state.coordinate_state
     if axis_name is None and coordinate_transform is None:
       pieces = [
         projection.project_and_expand(basis_for(k, 0), fn)[1] for k, fn in enumerate(coordinate_fns)
       ]
     elif axis_name is None:
-      coords = jnp.concatenate(
-        [projection.project(basis_for(k, 0), fn) for k, fn in enumerate(coordinate_fns)]
-      )
-      coords, coordinate_state = coordinate_transform.update(coords, coordinate_state)
-      ends = np.cumsum([c.dim for c in layout.compartments])[:-1]
+      coords, coordinate_state = coordinate_transform.update(coordinates_of(0), coordinate_state)
+      coords = coords.astype(jnp.float32)
       pieces = [
-        projection.expand(basis_for(k, 0), c.astype(jnp.float32))
-        for k, c in enumerate(jnp.split(coords, ends))
+        projection.expand(basis_for(k, 0), coords[offsets[k] : offsets[k] + basis.dim])
+        for k, basis in enumerate(bases)
       ]
     else:
       worker = jax.lax.axis_index(axis_name)
-      coords = jnp.concatenate(
-        [projection.project(basis_for(k, worker), fn) for k, fn in enumerate(coordinate_fns)]
-      )
+      coords = coordinates_of(worker)
       # Under shard_map's default checks the gathered coordinates are typed
       # the same on every worker, so the expansion loop and the update stay
       # device-invariant (parameters stay replicated). vmap, and shard_map
@@ -375,7 +378,6 @@ def scale_by_random_bases(
         "invarying" if axis_name in jax.typeof(coords).manual_axis_type.varying else "varying"
       )
       every_worker = jax.lax.all_gather(coords, axis_name, to=gathered_type)  # [K, d]
-      offsets = [sum(c.dim for c in layout.compartments[:k]) for k in range(len(bases))]
       pieces = []
       for k, basis in enumerate(bases):
 
