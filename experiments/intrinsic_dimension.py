@@ -330,6 +330,8 @@ def run_loss(run, metric: str) -> tuple[float, str]:
 
   found = runs_lib.run_result(run)
   status = (found.status or {}).get("status")
+  if status == "diverged":  # maybe before its first epoch's metrics
+    return math.inf, status
   if status is None or found.final is None:
     return math.inf, "not run"
   value = found.final.get(metric)
