@@ -601,3 +601,24 @@ def test_command_searches_each_d_s_rate_and_rebuilds_from_records(tmp_path, monk
   assert [x for x in rebuilt.splitlines() if x.startswith("| FPD")] == [
     x for x in text.splitlines() if x.startswith("| FPD")
   ]
+
+
+def test_a_tried_rate_s_loss_and_state(tmp_path):
+  """Finished: its final loss. Diverged (even before any epoch's metrics) or not run: inf."""
+  from experiments import runs as runs_lib
+  from random_bases import config_lib
+
+  def run_with(name, status, metrics):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    if status:
+      (workdir / runs_lib.STATUS_FILE).write_text(json.dumps({"status": status, "epochs": 1}))
+    return runs_lib.Run({"name": name}, 0, config_lib.base_config(), str(workdir), None)
+
+  row = {"epoch": 1, "train_loss": 0.25}
+  assert idim.run_loss(run_with("done", "finished", [row]), "train_loss") == (0.25, "finished")
+  assert idim.run_loss(run_with("blown", "diverged", []), "train_loss") == (math.inf, "diverged")
+  assert idim.run_loss(run_with("killed", None, [row]), "train_loss") == (math.inf, "not run")
+  nan = run_with("nan", "finished", [{"epoch": 1, "train_loss": math.nan}])
+  assert idim.run_loss(nan, "train_loss") == (math.inf, "finished")
