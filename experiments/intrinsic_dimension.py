@@ -340,15 +340,16 @@ def run_loss(run, metric: str) -> tuple[float, str]:
   return float(value), status
 
 
-def _execute_all(runs: list, train_fn, progress, planned: set[str]) -> None:
+def _execute_all(runs: list, train_fn, progress, planned: set[str]) -> int:
   """Trains the runs that are not done (a run with a record or a finished workdir is).
 
   ``planned``: the workdirs the progress count includes already (the coarse
-  plan); a bisection's run adds itself.
+  plan); a bisection's run adds itself. Returns how many runs trained.
   """
   from experiments import runs as runs_lib
 
   runs_lib.export_records(runs)
+  trained = 0
   for run in runs:
     if not runs_lib.is_done(run):
       if run.workdir not in planned:
@@ -357,6 +358,8 @@ def _execute_all(runs: list, train_fn, progress, planned: set[str]) -> None:
       tic = time.perf_counter()
       status, _ = runs_lib.execute(run, train_fn)
       progress.finish(run, time.perf_counter() - tic, status)
+      trained += 1
+  return trained
 
 
 def _mean(runs: list, metric: str) -> float:
@@ -373,13 +376,15 @@ def measure(
   train_fn,
   write: Callable[[dict[str, PairState]], None],
 ) -> dict[str, PairState]:
-  """Each pair's baseline, then each method's search; ``write`` after every d.
+  """Each pair's baseline, then each method's search; ``write`` after every d that trained.
 
   Args:
     sweep: ``reproduce.Sweep`` of the config (its ``report()['intrinsic_dimension']``).
     runs_of: entry -> its runs, one per seed (the first seed only for ``"seeds": 1``).
     train_fn: the trainer.
-    write: called with every pair's state so far.
+    write: called with every pair's state so far, after each d whose runs
+      trained (so a killed search leaves its file current) and once at the
+      end; not after recorded runs, so a replay from records writes once.
   """
   from experiments import runs as runs_lib
 
@@ -395,8 +400,8 @@ def measure(
     model, dataset, metric = pair["model"], pair["dataset"], pair["metric"]
     baseline_runs = runs_of(sweep.module.point(arg, model, dataset, "sgd"))
     state = states[pair["key"]] = PairState(pair, baseline_runs)
-    _execute_all(baseline_runs, train_fn, progress, planned)
-    write(states)
+    if _execute_all(baseline_runs, train_fn, progress, planned):
+      write(states)
     baseline = _mean(baseline_runs, metric)
     levels = [threshold(baseline, f) for f in spec["fractions"]] if baseline > 0 else []
     if not levels:
@@ -416,8 +421,8 @@ def measure(
         def loss_at(log2):
           entry = {**sweep.module.point(arg, model, dataset, method, d, log2), "seeds": 1}
           tried[log2] = runs_of(entry)[0]
-          _execute_all([tried[log2]], train_fn, progress, planned)
-          write(states)
+          if _execute_all([tried[log2]], train_fn, progress, planned):
+            write(states)
           return run_loss(tried[log2], search_spec["metric"])[0]
 
         start = sweep.module.search_start(arg, model, dataset, method, d)
@@ -426,8 +431,8 @@ def measure(
       def accuracy_at(d, model=model, dataset=dataset, method=method, points=points, metric=metric):
         log2 = searched_log2(d)
         points[d] = runs_of(sweep.module.point(arg, model, dataset, method, d, log2))
-        _execute_all(points[d], train_fn, progress, planned)
-        write(states)
+        if _execute_all(points[d], train_fn, progress, planned):
+          write(states)
         return _mean(points[d], metric)
 
       search(
